@@ -1,0 +1,446 @@
+//! Configuration in three shapes: what serde reads ([`raw`]), what validation proves
+//! ([`Settings`]), and what the runtime builds from it (in `app`).
+//!
+//! Layering: serde defaults, then the YAML file (which must exist), then `HOOKBRIDGE__…`
+//! environment overrides with `__` between levels. [`validate`] is pure apart from reading
+//! secrets, and reports every problem with its key path.
+
+pub mod kafka;
+pub mod rabbitmq;
+pub mod raw;
+pub mod secret;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Yaml};
+use figment::Figment;
+
+pub use raw::{RawConfig, RawSink};
+pub use secret::{Secret, SecretSource};
+
+use crate::route::{Glob, Route, Router, Target, Template};
+
+/// The default config path when neither `--config` nor `$HOOKBRIDGE_CONFIG` is given.
+pub const DEFAULT_PATH: &str = "config/hookbridge.yaml";
+/// Prefix of environment overrides. Ends in `__` so that Kubernetes' `HOOKBRIDGE_PORT=tcp://…`
+/// service variables are not read as config.
+pub const ENV_PREFIX: &str = "HOOKBRIDGE__";
+
+/// A problem found in the config, with the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Collects problems during validation.
+#[derive(Debug, Default)]
+pub struct Problems(Vec<Problem>);
+
+impl Problems {
+    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn into_vec(self) -> Vec<Problem> {
+        self.0
+    }
+}
+
+/// Why the config could not be loaded. Displays as one line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    NotFound(String),
+    #[error("cannot read config file {path}: {reason}")]
+    Unreadable { path: String, reason: String },
+    #[error("invalid config {}: {}", .file, join(.problems))]
+    Invalid { file: String, problems: Vec<Problem> },
+}
+
+impl ConfigError {
+    /// The problems found, for tests and tools.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            ConfigError::Invalid { problems, .. } => problems,
+            _ => &[],
+        }
+    }
+}
+
+fn join(problems: &[Problem]) -> String {
+    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// Which file to read: `--config`, else `$HOOKBRIDGE_CONFIG`, else `config/hookbridge.yaml`.
+pub fn resolve_path(cli: Option<PathBuf>) -> PathBuf {
+    cli.or_else(|| {
+        std::env::var_os("HOOKBRIDGE_CONFIG")
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    })
+    .unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
+}
+
+/// Reads and validates the config at `path` with environment overrides.
+pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+    let raw = load_raw(path)?;
+    validate(raw).map_err(|problems| ConfigError::Invalid {
+        file: path.display().to_string(),
+        problems,
+    })
+}
+
+/// Reads the config at `path` with environment overrides, without validating it.
+pub fn load_raw(path: &Path) -> Result<RawConfig, ConfigError> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.is_file() => {}
+        Ok(_) => {
+            return Err(ConfigError::Unreadable {
+                path: path.display().to_string(),
+                reason: "not a regular file".into(),
+            })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(ConfigError::NotFound(path.display().to_string()))
+        }
+        Err(e) => {
+            return Err(ConfigError::Unreadable {
+                path: path.display().to_string(),
+                reason: secret::io_reason(&e),
+            })
+        }
+    }
+    // Read the file ourselves so an unreadable file is an error, not an empty layer.
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
+        path: path.display().to_string(),
+        reason: secret::io_reason(&e),
+    })?;
+    from_figment(
+        Figment::new()
+            .merge(Yaml::string(&text))
+            .merge(Env::prefixed(ENV_PREFIX).split("__")),
+        &path.display().to_string(),
+    )
+}
+
+/// Parses config text (YAML) without environment overrides; for tests and examples.
+pub fn parse_str(yaml: &str) -> Result<RawConfig, ConfigError> {
+    from_figment(Figment::new().merge(Yaml::string(yaml)), "<string>")
+}
+
+fn from_figment(figment: Figment, file: &str) -> Result<RawConfig, ConfigError> {
+    figment.extract::<RawConfig>().map_err(|err| ConfigError::Invalid {
+        file: file.to_string(),
+        problems: err
+            .into_iter()
+            .map(|e| Problem {
+                path: e.path.join("."),
+                message: one_line(&e.kind.to_string()),
+            })
+            .collect(),
+    })
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A validated config: every name resolved, every template compiled, every secret read.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub max_body_bytes: u64,
+    pub ack_timeout: Duration,
+    pub endpoints: Vec<EndpointSettings>,
+    /// Sinks sorted by name; [`Target::sink`] indexes this list.
+    pub sinks: Vec<SinkSettings>,
+    pub router: Router,
+    pub dedup: raw::RawDedup,
+    pub log: LogSettings,
+}
+
+/// A validated endpoint.
+#[derive(Debug, Clone)]
+pub struct EndpointSettings {
+    pub path: String,
+    pub tolerance: Duration,
+    /// Where each secret came from (so files can be re-read on rotation).
+    pub sources: Vec<SecretSource>,
+    /// The secrets as read at load time.
+    pub secrets: Vec<Secret>,
+}
+
+/// A validated sink.
+#[derive(Debug, Clone)]
+pub struct SinkSettings {
+    pub name: String,
+    pub config: RawSink,
+}
+
+/// Log output settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSettings {
+    pub json: bool,
+    pub level: String,
+}
+
+fn valid_sink_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Proves a raw config usable, or lists every problem with its key path.
+pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
+    let mut p = Problems::default();
+
+    let listen = parse_addr("listen", &raw.listen, &mut p);
+    let admin_listen = parse_addr("admin_listen", &raw.admin_listen, &mut p);
+    if let (Some(l), Some(a)) = (listen, admin_listen) {
+        let overlap = l.ip() == a.ip() || l.ip().is_unspecified() || a.ip().is_unspecified();
+        if l.port() == a.port() && l.port() != 0 && overlap {
+            p.push("admin_listen", "must not be the webhook port (`listen`)");
+        }
+    }
+    if raw.max_body_bytes == 0 {
+        p.push("max_body_bytes", "must be greater than 0");
+    }
+    if raw.ack_timeout.is_zero() {
+        p.push("ack_timeout", "must be greater than 0");
+    }
+
+    let endpoints = validate_endpoints(&raw, &mut p);
+
+    let mut sinks = Vec::new();
+    if raw.sinks.is_empty() {
+        p.push("sinks", "define at least one sink");
+    }
+    for (name, sink) in &raw.sinks {
+        let path = format!("sinks.{name}");
+        if !valid_sink_name(name) {
+            p.push(&path, "sink names use letters, digits, `_` and `-` only");
+        }
+        match sink {
+            RawSink::Kafka(k) => {
+                if !cfg!(feature = "kafka") {
+                    p.push(format!("{path}.kind"), "this build of hookbridge has no kafka support");
+                }
+                k.validate(&path, raw.ack_timeout, &mut p);
+            }
+            RawSink::Rabbitmq(r) => {
+                if !cfg!(feature = "amqp") {
+                    p.push(
+                        format!("{path}.kind"),
+                        "this build of hookbridge has no rabbitmq support",
+                    );
+                }
+                r.validate(&path, raw.ack_timeout, &mut p);
+            }
+            RawSink::File(f) => {
+                if f.path.trim().is_empty() {
+                    p.push(format!("{path}.path"), "must be a file path or `-` for stdout");
+                }
+            }
+            RawSink::Discard(_) => {}
+        }
+        sinks.push(SinkSettings {
+            name: name.clone(),
+            config: sink.clone(),
+        });
+    }
+
+    let router = validate_routes(&raw, &sinks, &mut p);
+
+    if raw.dedup.capacity > 0 && raw.dedup.ttl.is_zero() {
+        p.push(
+            "dedup.ttl",
+            "must be greater than 0 (set dedup.capacity to 0 to turn dedup off)",
+        );
+    }
+    let json = match raw.log.format.as_str() {
+        "text" => false,
+        "json" => true,
+        _ => {
+            p.push("log.format", "must be `text` or `json`");
+            false
+        }
+    };
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&raw.log.level) {
+        p.push("log.level", format!("is not a valid filter: {e}"));
+    }
+
+    if !p.is_empty() {
+        return Err(p.into_vec());
+    }
+    Ok(Settings {
+        listen: listen.expect("checked above"),
+        admin_listen: admin_listen.expect("checked above"),
+        max_body_bytes: raw.max_body_bytes,
+        ack_timeout: raw.ack_timeout,
+        endpoints,
+        sinks,
+        router,
+        dedup: raw.dedup,
+        log: LogSettings {
+            json,
+            level: raw.log.level,
+        },
+    })
+}
+
+fn parse_addr(key: &str, value: &str, p: &mut Problems) -> Option<SocketAddr> {
+    match value.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            p.push(key, format!("`{value}` is not an IP:PORT address such as 0.0.0.0:8080"));
+            None
+        }
+    }
+}
+
+fn validate_endpoints(raw: &RawConfig, p: &mut Problems) -> Vec<EndpointSettings> {
+    if raw.endpoints.is_empty() {
+        p.push("endpoints", "define at least one endpoint");
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::new();
+    for (i, ep) in raw.endpoints.iter().enumerate() {
+        let path = format!("endpoints[{i}]");
+        if !ep.path.starts_with('/') || ep.path.contains(['?', '#', ' ']) {
+            p.push(
+                format!("{path}.path"),
+                "must be a URL path starting with `/`, without query",
+            );
+        } else if !seen.insert(ep.path.clone()) {
+            p.push(
+                format!("{path}.path"),
+                format!("`{}` is used by another endpoint", ep.path),
+            );
+        }
+        if ep.tolerance.is_zero() {
+            p.push(format!("{path}.tolerance"), "must be greater than 0");
+        }
+        if ep.secrets.is_empty() {
+            p.push(
+                format!("{path}.secrets"),
+                "list at least one secret (env, file or value)",
+            );
+        }
+        let mut secrets = Vec::new();
+        for (j, src) in ep.secrets.iter().enumerate() {
+            match src.load() {
+                Ok(s) => secrets.push(s),
+                Err(e) => p.push(format!("{path}.secrets[{j}]"), e),
+            }
+        }
+        out.push(EndpointSettings {
+            path: ep.path.clone(),
+            tolerance: ep.tolerance,
+            sources: ep.secrets.clone(),
+            secrets,
+        });
+    }
+    out
+}
+
+fn validate_routes(raw: &RawConfig, sinks: &[SinkSettings], p: &mut Problems) -> Router {
+    if raw.routes.is_empty() {
+        p.push(
+            "routes",
+            "define at least one route (use match: \"*\" to send every event somewhere)",
+        );
+    }
+    let mut routes = Vec::new();
+    for (i, r) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        if r.patterns.is_empty() {
+            p.push(format!("{path}.match"), "list at least one glob");
+        }
+        for (j, g) in r.patterns.iter().enumerate() {
+            if g.is_empty() {
+                p.push(format!("{path}.match[{j}]"), "a glob must not be empty");
+            }
+        }
+        if r.to.is_empty() {
+            p.push(format!("{path}.to"), "list at least one target");
+        }
+        let mut targets = Vec::new();
+        for (j, t) in r.to.iter().enumerate() {
+            let tpath = format!("{path}.to[{j}]");
+            let Some(index) = sinks.iter().position(|s| s.name == t.sink) else {
+                let known: Vec<_> = sinks.iter().map(|s| s.name.as_str()).collect();
+                p.push(
+                    format!("{tpath}.sink"),
+                    format!("no sink named `{}` (known: {})", t.sink, known.join(", ")),
+                );
+                continue;
+            };
+            let kind = sinks[index].config.kind();
+            let wants_routing_key = kind == "rabbitmq";
+            let (field, value) = match (wants_routing_key, &t.topic, &t.routing_key) {
+                (false, Some(topic), None) => ("topic", topic),
+                (true, None, Some(key)) => ("routing_key", key),
+                (false, _, Some(_)) => {
+                    p.push(
+                        format!("{tpath}.routing_key"),
+                        format!("a {kind} sink takes `topic`, not `routing_key`"),
+                    );
+                    continue;
+                }
+                (true, Some(_), _) => {
+                    p.push(
+                        format!("{tpath}.topic"),
+                        "a rabbitmq sink takes `routing_key`, not `topic`",
+                    );
+                    continue;
+                }
+                (false, None, None) => {
+                    p.push(format!("{tpath}.topic"), format!("a {kind} sink needs a `topic`"));
+                    continue;
+                }
+                (true, None, None) => {
+                    p.push(format!("{tpath}.routing_key"), "a rabbitmq sink needs a `routing_key`");
+                    continue;
+                }
+            };
+            match Template::parse(value) {
+                Ok(destination) => targets.push(Target {
+                    sink: index,
+                    sink_name: t.sink.clone(),
+                    destination,
+                }),
+                Err(e) => p.push(format!("{tpath}.{field}"), format!("template `{value}` {e}")),
+            }
+        }
+        routes.push(Route {
+            patterns: r.patterns.iter().map(|g| Glob::new(g)).collect(),
+            targets,
+        });
+    }
+    Router::new(routes)
+}
+
+#[cfg(test)]
+mod tests;

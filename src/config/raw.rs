@@ -1,0 +1,265 @@
+//! What serde reads from the YAML file and the `HOOKBRIDGE__` environment. Unknown keys are errors.
+//! [`super::validate`] turns this into [`super::Settings`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::kafka::KafkaSinkConfig;
+use super::rabbitmq::RabbitMqSinkConfig;
+use super::secret::SecretSource;
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Webhook listener, `IP:PORT`.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Admin listener (`/healthz`, `/readyz`, `/metrics`), `IP:PORT`; never the webhook port.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: String,
+    /// Bodies larger than this get 413 without being read to the end.
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+    /// The longest a request waits for broker confirmations before answering 503.
+    #[serde(default = "default_ack_timeout", deserialize_with = "duration")]
+    pub ack_timeout: Duration,
+    /// Webhook endpoints, each with its own path and secrets.
+    #[serde(default)]
+    pub endpoints: Vec<RawEndpoint>,
+    /// Named sinks; routes refer to them by name.
+    #[serde(default)]
+    pub sinks: BTreeMap<String, RawSink>,
+    /// Ordered routes; the first whose `match` fits the event type wins.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// Duplicate suppression of event ids already published.
+    #[serde(default)]
+    pub dedup: RawDedup,
+    /// Logging.
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+fn default_listen() -> String {
+    "0.0.0.0:8080".into()
+}
+fn default_admin_listen() -> String {
+    "127.0.0.1:9090".into()
+}
+fn default_max_body_bytes() -> u64 {
+    1024 * 1024
+}
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// One webhook endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEndpoint {
+    /// URL path Stripe posts to, e.g. `/webhooks/stripe`.
+    pub path: String,
+    /// How far the signed timestamp may be from now, past or future.
+    #[serde(default = "default_tolerance", deserialize_with = "duration")]
+    pub tolerance: Duration,
+    /// Signing secrets; any one may match (rotation).
+    #[serde(default)]
+    pub secrets: Vec<SecretSource>,
+}
+
+fn default_tolerance() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// A sink, selected by `kind`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RawSink {
+    Kafka(KafkaSinkConfig),
+    Rabbitmq(RabbitMqSinkConfig),
+    File(FileSinkConfig),
+    Discard(DiscardSinkConfig),
+}
+
+impl RawSink {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RawSink::Kafka(_) => "kafka",
+            RawSink::Rabbitmq(_) => "rabbitmq",
+            RawSink::File(_) => "file",
+            RawSink::Discard(_) => "discard",
+        }
+    }
+}
+
+/// JSON Lines, one object per published message, flushed before the publish is confirmed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// File to append to, or `-` for stdout.
+    pub path: String,
+    /// `fsync` each record before confirming (durable across power loss, slower). Default false:
+    /// records are written to the OS before the answer.
+    #[serde(default)]
+    pub fsync: bool,
+}
+
+/// Confirms every message without storing it: for benchmarks and dry runs.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscardSinkConfig {
+    /// Wait this long before confirming, to simulate a broker's latency.
+    #[serde(default, deserialize_with = "duration")]
+    pub delay: Duration,
+}
+
+/// A route: which event types, and where they go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// One glob or a list; `*` matches any run of characters.
+    #[serde(rename = "match", deserialize_with = "one_or_many")]
+    pub patterns: Vec<String>,
+    /// Targets; several mean fan-out, every one must confirm.
+    pub to: Vec<RawTarget>,
+}
+
+/// One destination of a route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTarget {
+    /// Name of a sink under `sinks`.
+    pub sink: String,
+    /// Topic template, for kafka and file sinks.
+    pub topic: Option<String>,
+    /// Routing key template, for rabbitmq sinks.
+    pub routing_key: Option<String>,
+}
+
+/// Duplicate suppression: an event id published within the window is answered 200 and not
+/// published again. Bounded by count and by age.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDedup {
+    /// How many event ids to remember; 0 turns dedup off.
+    #[serde(default = "default_dedup_capacity")]
+    pub capacity: usize,
+    /// How long an event id is remembered.
+    #[serde(default = "default_dedup_ttl", deserialize_with = "duration")]
+    pub ttl: Duration,
+}
+
+impl Default for RawDedup {
+    fn default() -> Self {
+        RawDedup {
+            capacity: default_dedup_capacity(),
+            ttl: default_dedup_ttl(),
+        }
+    }
+}
+
+fn default_dedup_capacity() -> usize {
+    50_000
+}
+fn default_dedup_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+
+/// Log output.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLog {
+    /// `text` (human) or `json`.
+    #[serde(default = "default_log_format")]
+    pub format: String,
+    /// A tracing filter such as `info` or `hookbridge=debug`; `RUST_LOG` wins when set.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: default_log_format(),
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_format() -> String {
+    "text".into()
+}
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// Reads a duration written as `300s`, `5s`, `250ms`, `1m` (also accepts a bare number of seconds).
+pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Secs(u64),
+        Text(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::Secs(s) => Ok(Duration::from_secs(s)),
+        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Like [`duration`], for optional fields.
+pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// Parses `300s`, `5s`, `250ms`, `1m30s`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|_| format!("`{text}` is not a duration; write it like 300s, 5s or 250ms"))
+}
+
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Raw::deserialize(d) {
+        Ok(Raw::One(s)) => Ok(vec![s]),
+        Ok(Raw::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(
+            "expected a glob string or a list of glob strings",
+        )),
+    }
+}
+
+/// A scalar option value (string, number or boolean) kept as text, e.g. librdkafka properties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scalar(pub String);
+
+impl<'de> Deserialize<'de> for Scalar {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            S(String),
+            I(i64),
+            U(u64),
+            F(f64),
+            B(bool),
+        }
+        Ok(Scalar(
+            match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a string, number or boolean"))? {
+                Raw::S(s) => s,
+                Raw::I(i) => i.to_string(),
+                Raw::U(u) => u.to_string(),
+                Raw::F(f) => f.to_string(),
+                Raw::B(b) => b.to_string(),
+            },
+        ))
+    }
+}

@@ -1,0 +1,239 @@
+use super::*;
+
+const GOOD: &str = r#"
+listen: "127.0.0.1:8080"
+admin_listen: "127.0.0.1:9090"
+endpoints:
+  - path: /webhooks/stripe
+    secrets:
+      - value: whsec_test
+sinks:
+  local:
+    kind: file
+    path: "-"
+  amqp:
+    kind: rabbitmq
+    url: "amqp://guest:guest@127.0.0.1:5672/%2f"
+    exchange: stripe
+  events:
+    kind: kafka
+    brokers: "127.0.0.1:9092"
+routes:
+  - match: ["payment_intent.*", "charge.*"]
+    to:
+      - { sink: events, topic: "stripe.payments" }
+  - match: "customer.subscription.*"
+    to:
+      - { sink: amqp, routing_key: "{type}" }
+      - { sink: local, topic: "subs" }
+  - match: "*"
+    to:
+      - { sink: local, topic: "stripe.{object}" }
+"#;
+
+fn problems(yaml: &str) -> Vec<String> {
+    match parse_str(yaml) {
+        Err(e) => e.problems().iter().map(ToString::to_string).collect(),
+        Ok(raw) => match validate(raw) {
+            Ok(_) => vec![],
+            Err(p) => p.iter().map(ToString::to_string).collect(),
+        },
+    }
+}
+
+fn has(problems: &[String], needle: &str) -> bool {
+    problems.iter().any(|p| p.contains(needle))
+}
+
+#[test]
+fn good_config_validates_with_defaults() {
+    let s = validate(parse_str(GOOD).unwrap()).unwrap();
+    assert_eq!(s.max_body_bytes, 1_048_576);
+    assert_eq!(s.ack_timeout, Duration::from_secs(5));
+    assert_eq!(s.endpoints[0].tolerance, Duration::from_secs(300));
+    assert_eq!(s.endpoints[0].secrets[0].expose(), b"whsec_test");
+    // Sinks are sorted by name and targets point at them.
+    let names: Vec<_> = s.sinks.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["amqp", "events", "local"]);
+    let (i, route) = s.router.route("customer.subscription.updated").unwrap();
+    assert_eq!(i, 1);
+    assert_eq!(route.targets.len(), 2);
+    assert_eq!(s.sinks[route.targets[0].sink].name, "amqp");
+    assert_eq!(s.router.route("payment_intent.succeeded").unwrap().0, 0);
+    assert_eq!(s.router.route("invoice.paid").unwrap().0, 2);
+}
+
+#[test]
+fn unknown_keys_are_errors_with_their_path() {
+    let p = problems(
+        &GOOD
+            .replace("max_body_bytes", "x")
+            .replace("listen: \"127", "lisen: \"127"),
+    );
+    assert!(has(&p, "lisen"), "{p:?}");
+    let p = problems(&GOOD.replace("brokers:", "brokerz:"));
+    assert!(has(&p, "sinks.events") && has(&p, "brokerz"), "{p:?}");
+    let p = problems(&GOOD.replace(
+        "{ sink: events, topic: \"stripe.payments\" }",
+        "{ sink: events, topik: x }",
+    ));
+    assert!(has(&p, "topik"), "{p:?}");
+}
+
+#[test]
+fn unknown_sink_kind() {
+    let p = problems(&GOOD.replace("kind: file", "kind: redis"));
+    assert!(has(&p, "sinks.local") && has(&p, "redis"), "{p:?}");
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let yaml = r#"
+listen: "nope"
+admin_listen: "0.0.0.0:8080"
+max_body_bytes: 0
+ack_timeout: "0s"
+endpoints:
+  - path: webhooks
+    tolerance: "0s"
+    secrets: []
+  - path: /a
+    secrets:
+      - env: HOOKBRIDGE_TEST_UNSET_SECRET_VAR
+      - {}
+      - { env: A, value: b }
+  - path: /a
+    secrets: [{ value: whsec_x }]
+sinks:
+  "bad name":
+    kind: discard
+  k:
+    kind: kafka
+    brokers: ""
+  r:
+    kind: rabbitmq
+    url: "http://x"
+    exchange: e
+routes:
+  - match: []
+    to: []
+  - match: "x"
+    to:
+      - { sink: missing, topic: t }
+      - { sink: k, routing_key: t }
+      - { sink: r, topic: t }
+      - { sink: k }
+      - { sink: r }
+      - { sink: k, topic: "a.{nope}" }
+log:
+  format: xml
+dedup:
+  ttl: "0s"
+"#;
+    let p = problems(yaml);
+    for needle in [
+        "listen: `nope`",
+        "max_body_bytes: must be greater than 0",
+        "ack_timeout: must be greater than 0",
+        "endpoints[0].path",
+        "endpoints[0].tolerance",
+        "endpoints[0].secrets: list at least one",
+        "endpoints[1].secrets[0]: environment variable HOOKBRIDGE_TEST_UNSET_SECRET_VAR is not set",
+        "endpoints[1].secrets[1]: set one of",
+        "endpoints[1].secrets[2]: set only one",
+        "endpoints[2].path: `/a` is used by another endpoint",
+        "sinks.bad name",
+        "sinks.k.brokers",
+        "sinks.r.url",
+        "routes[0].match",
+        "routes[0].to",
+        "routes[1].to[0].sink: no sink named `missing`",
+        "routes[1].to[1].routing_key",
+        "routes[1].to[2].topic",
+        "routes[1].to[3].topic: a kafka sink needs a `topic`",
+        "routes[1].to[4].routing_key",
+        "routes[1].to[5].topic: template `a.{nope}` has an unknown placeholder",
+        "log.format",
+        "dedup.ttl",
+    ] {
+        assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
+    }
+    // The admin port may not be the webhook port, even through 0.0.0.0.
+    let p = problems(&GOOD.replace("127.0.0.1:9090", "0.0.0.0:8080"));
+    assert!(has(&p, "admin_listen: must not be the webhook port"), "{p:?}");
+}
+
+#[test]
+fn durations_are_readable() {
+    assert_eq!(raw::parse_duration("250ms").unwrap(), Duration::from_millis(250));
+    assert_eq!(raw::parse_duration("300s").unwrap(), Duration::from_secs(300));
+    assert_eq!(raw::parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+    let p = problems(&GOOD.replace(
+        "listen: \"127.0.0.1:8080\"",
+        "ack_timeout: soon\nlisten: \"127.0.0.1:8080\"",
+    ));
+    assert!(has(&p, "ack_timeout: `soon` is not a duration"), "{p:?}");
+}
+
+#[test]
+fn the_error_is_one_line_and_names_the_file() {
+    let err = ConfigError::Invalid {
+        file: "x.yaml".into(),
+        problems: vec![
+            Problem {
+                path: "a".into(),
+                message: "one".into(),
+            },
+            Problem {
+                path: "b".into(),
+                message: "two".into(),
+            },
+        ],
+    };
+    assert_eq!(err.to_string(), "invalid config x.yaml: a: one; b: two");
+}
+
+#[test]
+fn secret_values_never_reach_error_messages() {
+    let p = problems(&GOOD.replace("kind: file", "kind: file\n    bogus: whsec_test"));
+    assert!(!p.iter().any(|m| m.contains("whsec_test")), "{p:?}");
+    let s = validate(parse_str(GOOD).unwrap()).unwrap();
+    assert!(!format!("{s:?}").contains("whsec_test"));
+    assert!(!format!("{s:?}").contains("guest:guest"));
+}
+
+#[test]
+fn missing_file_is_an_error() {
+    let err = load(Path::new("/definitely/not/here.yaml")).unwrap_err();
+    assert_eq!(err, ConfigError::NotFound("/definitely/not/here.yaml".into()));
+}
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn env_overrides_and_kubernetes_service_variables() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("c.yaml", GOOD)?;
+        // A Service named `hookbridge` makes Kubernetes inject HOOKBRIDGE_PORT=tcp://…; the
+        // `HOOKBRIDGE__` prefix must not pick it up.
+        jail.set_env("HOOKBRIDGE_PORT", "tcp://10.0.0.1:8080");
+        jail.set_env("HOOKBRIDGE__LISTEN", "127.0.0.1:7070");
+        jail.set_env("HOOKBRIDGE__SINKS__EVENTS__BROKERS", "kafka:9092");
+        jail.set_env("HOOKBRIDGE__ACK_TIMEOUT", "2s");
+        let s = load(Path::new("c.yaml")).map_err(|e| e.to_string())?;
+        assert_eq!(s.listen.to_string(), "127.0.0.1:7070");
+        assert_eq!(s.ack_timeout, Duration::from_secs(2));
+        let RawSink::Kafka(k) = &s.sinks[1].config else {
+            panic!("events is kafka")
+        };
+        assert_eq!(k.brokers, "kafka:9092");
+        jail.set_env("HOOKBRIDGE__LISTN", "x");
+        let err = load(Path::new("c.yaml")).unwrap_err().to_string();
+        assert!(err.contains("listn"), "{err}");
+        Ok(())
+    });
+}
+
+#[test]
+fn resolve_path_prefers_cli() {
+    assert_eq!(resolve_path(Some("a.yaml".into())), PathBuf::from("a.yaml"));
+}

@@ -1,0 +1,264 @@
+//! The webhook handler: the path of one event from request to answer.
+//!
+//! endpoint lookup → method → body (limit enforced while reading) → verify → metadata →
+//! dedup → route → publish to every target concurrently → worst outcome wins → answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+use super::response::{received, Rejection};
+use crate::app::{Live, State};
+use crate::event::EventMeta;
+use crate::metrics::{
+    EndpointLabel, EndpointReason, EndpointStatus, SinkDestination, SinkError as SinkErrorLabels, SinkLabel,
+};
+use crate::route;
+use crate::sink::{Envelope, ErrorClass, SinkError};
+
+/// What happened to a request, for the access log.
+struct Outcome {
+    event_id: Option<String>,
+    event_type: Option<String>,
+    note: &'static str,
+}
+
+/// Handles one request on the webhook port.
+pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let start = Instant::now();
+    let live = state.live();
+    let path = req.uri().path().to_string();
+    let Some(endpoint) = live.endpoints.get(path.as_str()) else {
+        return finish(&state, &live, "", start, Err(Rejection::NotFound), Outcome::empty());
+    };
+    let endpoint_path = endpoint.path.clone();
+    state.metrics.in_flight.inc();
+    let mut outcome = Outcome::empty();
+    let result = process(&state, &live, endpoint, req, start, &mut outcome).await;
+    state.metrics.in_flight.dec();
+    finish(&state, &live, &endpoint_path, start, result, outcome)
+}
+
+impl Outcome {
+    fn empty() -> Self {
+        Outcome {
+            event_id: None,
+            event_type: None,
+            note: "",
+        }
+    }
+}
+
+async fn process(
+    state: &State,
+    live: &Live,
+    endpoint: &crate::app::Endpoint,
+    req: Request<Incoming>,
+    start: Instant,
+    outcome: &mut Outcome,
+) -> Result<(), Rejection> {
+    if req.method() != Method::POST {
+        return Err(Rejection::MethodNotAllowed);
+    }
+    let limit = live.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) {
+        return Err(Rejection::PayloadTooLarge { limit });
+    }
+    let signature = req.headers().get("stripe-signature").cloned();
+    let body = match Limited::new(req.into_body(), limit as usize).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Rejection::PayloadTooLarge { limit }),
+        Err(_) => return Err(Rejection::BadBody("the request body could not be read".into())),
+    };
+
+    let verifier = endpoint.verifier.load();
+    let now = state.clock.now();
+    verifier
+        .verify(signature.as_ref().map(|v| v.as_bytes()), &body, now)
+        .map_err(Rejection::Signature)?;
+    let meta = EventMeta::parse(&body).map_err(Rejection::Event)?;
+    outcome.event_id = Some(meta.id.clone());
+    outcome.event_type = Some(meta.event_type.clone());
+
+    let label = || EndpointLabel {
+        endpoint: endpoint.path.clone(),
+    };
+    if state.dedup.seen(&meta.id, Instant::now()) {
+        state.metrics.duplicates.get_or_create(&label()).inc();
+        outcome.note = "duplicate";
+        return Ok(());
+    }
+    let Some((_, route)) = live.router.route(&meta.event_type) else {
+        state.metrics.unrouted.get_or_create(&label()).inc();
+        outcome.note = "unrouted";
+        tracing::debug!(event_id = %meta.id, event_type = %meta.event_type, "no route matches; dropped");
+        return Ok(());
+    };
+
+    let envelope = Envelope {
+        payload: body,
+        signature: signature
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string(),
+        meta,
+    };
+    publish_all(state, live, route, &envelope, start).await?;
+    state.dedup.insert(&envelope.meta.id, Instant::now());
+    Ok(())
+}
+
+/// Publishes to every target concurrently, each bounded by `ack_timeout`; the worst outcome wins
+/// (a permanent failure over a retryable one).
+async fn publish_all(
+    state: &State,
+    live: &Live,
+    route: &route::Route,
+    envelope: &Envelope,
+    start: Instant,
+) -> Result<(), Rejection> {
+    let targets = route::destinations(route, &envelope.meta);
+    let ack_timeout = live.ack_timeout;
+    let results = futures::future::join_all(targets.iter().map(|(target, destination)| {
+        let sink = &live.sinks[target.sink];
+        async move {
+            let result = match tokio::time::timeout(ack_timeout, sink.publish(destination, envelope)).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError::retryable(format!(
+                    "sink {} did not confirm within {}",
+                    sink.name(),
+                    humantime::format_duration(ack_timeout)
+                ))),
+            };
+            record(state, sink.name(), destination, start, &result);
+            result
+        }
+    }))
+    .await;
+    let mut worst: Option<SinkError> = None;
+    for r in results {
+        if let Err(e) = r {
+            let replace = match &worst {
+                None => true,
+                Some(w) => w.class == ErrorClass::Retryable && e.class == ErrorClass::Permanent,
+            };
+            if replace {
+                worst = Some(e);
+            }
+        }
+    }
+    match worst {
+        None => Ok(()),
+        Some(e) => Err(e.into()),
+    }
+}
+
+fn record(state: &State, sink: &str, destination: &str, start: Instant, result: &Result<(), SinkError>) {
+    match result {
+        Ok(()) => {
+            state
+                .metrics
+                .published
+                .get_or_create(&SinkDestination {
+                    sink: sink.to_string(),
+                    destination: destination.to_string(),
+                })
+                .inc();
+            state
+                .metrics
+                .publish_seconds
+                .get_or_create(&SinkLabel { sink: sink.to_string() })
+                .observe(start.elapsed().as_secs_f64());
+        }
+        Err(e) => {
+            state
+                .metrics
+                .publish_errors
+                .get_or_create(&SinkErrorLabels {
+                    sink: sink.to_string(),
+                    destination: destination.to_string(),
+                    class: e.class.as_str(),
+                })
+                .inc();
+            tracing::warn!(sink, destination, class = e.class.as_str(), error = %e.message, "publish failed");
+        }
+    }
+}
+
+fn finish(
+    state: &State,
+    live: &Live,
+    endpoint: &str,
+    start: Instant,
+    result: Result<(), Rejection>,
+    outcome: Outcome,
+) -> Response<Full<Bytes>> {
+    let (response, status, reason) = match result {
+        Ok(()) => (received(), StatusCode::OK, None),
+        Err(r) => {
+            let status = r.status();
+            let code = r.code();
+            (r.into_response(retry_after(live.ack_timeout)), status, Some(code))
+        }
+    };
+    let elapsed = start.elapsed();
+    if !endpoint.is_empty() {
+        state
+            .metrics
+            .requests
+            .get_or_create(&EndpointStatus {
+                endpoint: endpoint.to_string(),
+                status: status.as_u16(),
+            })
+            .inc();
+        if let Some(reason) = reason.filter(|_| status.is_client_error()) {
+            state
+                .metrics
+                .rejected
+                .get_or_create(&EndpointReason {
+                    endpoint: endpoint.to_string(),
+                    reason,
+                })
+                .inc();
+        }
+        state.metrics.ack_seconds.observe(elapsed.as_secs_f64());
+    }
+    let latency_ms = elapsed.as_secs_f64() * 1000.0;
+    if status.is_server_error() || (status.is_client_error() && status != StatusCode::NOT_FOUND) {
+        tracing::warn!(
+            endpoint,
+            event_id = outcome.event_id.as_deref().unwrap_or(""),
+            event_type = outcome.event_type.as_deref().unwrap_or(""),
+            status = status.as_u16(),
+            reason = reason.unwrap_or(""),
+            latency_ms,
+            "webhook rejected"
+        );
+    } else {
+        tracing::info!(
+            endpoint,
+            event_id = outcome.event_id.as_deref().unwrap_or(""),
+            event_type = outcome.event_type.as_deref().unwrap_or(""),
+            status = status.as_u16(),
+            note = outcome.note,
+            latency_ms,
+            "webhook"
+        );
+    }
+    response
+}
+
+fn retry_after(ack_timeout: Duration) -> u64 {
+    ack_timeout.as_secs().max(1)
+}

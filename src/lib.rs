@@ -1,0 +1,27 @@
+//! hookbridge receives Stripe webhooks, verifies their signatures, and republishes each raw event
+//! to Kafka, RabbitMQ or a file, routed by event type. It answers Stripe 200 only after every
+//! target confirmed the message durable.
+//!
+//! # Layout
+//! - [`config`]: the YAML/env config in three shapes (raw, validated, runtime) and secrets.
+//! - [`verify`]: Stripe's signature scheme, with an injected clock; also signs for `hookbridge sign`.
+//! - [`event`]: event metadata (id, type, account, object id…) read from the raw bytes.
+//! - [`route`]: globs, destination templates and the first-match route table.
+//! - [`sink`]: the `Sink` trait, its error classes, and the kafka, rabbitmq, file, discard and
+//!   in-memory sinks.
+//! - [`dedup`]: the bounded window of event ids already published.
+//! - [`http`]: the accept loop, the webhook handler, the admin port and the error→response mapping.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`app`]: wiring, serving and graceful shutdown.
+//! - [`client`]: the HTTP client behind `hookbridge send`.
+
+pub mod app;
+pub mod client;
+pub mod config;
+pub mod dedup;
+pub mod event;
+pub mod http;
+pub mod metrics;
+pub mod route;
+pub mod sink;
+pub mod verify;

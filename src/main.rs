@@ -1,0 +1,290 @@
+//! The `hookbridge` command line: serve, check-config, route, sign, send.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use hookbridge::config::{self, ConfigError, RawSink, Settings};
+use hookbridge::verify;
+
+#[derive(Parser)]
+#[command(
+    name = "hookbridge",
+    version,
+    about = "Verify Stripe webhooks and republish them to Kafka, RabbitMQ or a file"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the bridge until SIGTERM/SIGINT, then drain.
+    Serve {
+        /// Config file (default: $HOOKBRIDGE_CONFIG, then config/hookbridge.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Load and validate the config; print the resolved sinks and routes with secrets redacted.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print where an event of TYPE would go.
+    Route {
+        /// An event type such as invoice.paid.
+        #[arg(value_name = "TYPE")]
+        event_type: String,
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Print a Stripe-Signature header value for the body in FILE (or stdin).
+    Sign {
+        #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Unix seconds (default: now).
+        #[arg(long)]
+        timestamp: Option<i64>,
+        file: Option<PathBuf>,
+    },
+    /// Sign each file and POST it to URL, printing each status.
+    Send {
+        #[arg(long)]
+        url: String,
+        #[arg(long, env = "STRIPE_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: String,
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+}
+
+/// An error and the exit code it deserves.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Self {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+    fn other(message: impl Into<String>) -> Self {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::usage(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(f) => {
+            eprintln!("hookbridge: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, Failure> {
+    match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => {
+            let path = config::resolve_path(config);
+            let settings = config::load(&path)?;
+            print!("{}", describe(&settings));
+            println!("config {} is valid", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Route { event_type, config } => {
+            let settings = config::load(&config::resolve_path(config))?;
+            match settings.router.route(&event_type) {
+                None => println!("{event_type}: no route matches; the event is answered 200 and dropped"),
+                Some((i, route)) => {
+                    let globs: Vec<_> = route.patterns.iter().map(|g| g.as_str()).collect();
+                    println!("{event_type}: routes[{i}] (match {})", globs.join(", "));
+                    for t in &route.targets {
+                        let kind = settings.sinks[t.sink].config.kind();
+                        let field = if kind == "rabbitmq" { "routing_key" } else { "topic" };
+                        println!(
+                            "  -> sink {} ({kind}) {field} {}",
+                            t.sink_name,
+                            t.destination.render_for_type(&event_type)
+                        );
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Sign {
+            secret,
+            timestamp,
+            file,
+        } => {
+            let body = read_input(file.as_ref())?;
+            let t = timestamp.unwrap_or_else(verify::unix_now);
+            println!("{}", verify::sign(secret.as_bytes(), t, &body));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send { url, secret, files } => send(&url, &secret, &files),
+    }
+}
+
+fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, Failure> {
+    match file {
+        Some(p) => std::fs::read(p).map_err(|e| Failure::other(format!("cannot read {}: {e}", p.display()))),
+        None => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| Failure::other(format!("cannot read stdin: {e}")))?;
+            Ok(buf)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::other(format!("cannot start the async runtime: {e}")))
+}
+
+fn send(url: &str, secret: &str, files: &[PathBuf]) -> Result<ExitCode, Failure> {
+    let target = hookbridge::client::Target::parse(url).map_err(|e| Failure::usage(e.to_string()))?;
+    let bodies = files
+        .iter()
+        .map(|f| read_input(Some(f)).map(|b| (f, b)))
+        .collect::<Result<Vec<_>, _>>()?;
+    runtime()?.block_on(async {
+        let mut all_ok = true;
+        for (file, body) in bodies {
+            let header = verify::sign(secret.as_bytes(), verify::unix_now(), &body);
+            let mut conn = hookbridge::client::Connection::open(&target)
+                .await
+                .map_err(|e| Failure::other(e.to_string()))?;
+            let (status, resp) = conn
+                .post_signed(&header, body.into())
+                .await
+                .map_err(|e| Failure::other(e.to_string()))?;
+            all_ok &= status.is_success();
+            println!(
+                "{} {} {}",
+                file.display(),
+                status.as_u16(),
+                String::from_utf8_lossy(&resp)
+            );
+        }
+        Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    })
+}
+
+fn serve(config: Option<PathBuf>) -> Result<ExitCode, Failure> {
+    let path = config::resolve_path(config);
+    let settings = config::load(&path)?;
+    init_tracing(&settings);
+    let rt = runtime()?;
+    rt.block_on(async move {
+        let running = hookbridge::app::start(settings, hookbridge::app::Options::default())
+            .await
+            .map_err(|e| Failure::other(e.to_string()))?;
+        shutdown_signal().await;
+        running.shutdown().await;
+        Ok::<_, Failure>(())
+    })?;
+    // Do not wait for blocking threads (stdin readers and the like) beyond the drain.
+    rt.shutdown_timeout(std::time::Duration::from_millis(100));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return futures_pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+    }
+}
+
+async fn futures_pending() {
+    std::future::pending::<()>().await
+}
+
+fn init_tracing(settings: &Settings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(&settings.log.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if settings.log.json {
+        builder.json().flatten_event(true).init();
+    } else {
+        builder.init();
+    }
+}
+
+/// The resolved config, secrets redacted.
+fn describe(s: &Settings) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "listen: {}", s.listen);
+    let _ = writeln!(out, "admin_listen: {}", s.admin_listen);
+    let _ = writeln!(out, "max_body_bytes: {}", s.max_body_bytes);
+    let _ = writeln!(out, "ack_timeout: {}", humantime::format_duration(s.ack_timeout));
+    let _ = writeln!(out, "endpoints:");
+    for e in &s.endpoints {
+        let sources: Vec<_> = e.sources.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            out,
+            "  {} tolerance {} secrets [{}]",
+            e.path,
+            humantime::format_duration(e.tolerance),
+            sources.join(", ")
+        );
+    }
+    let _ = writeln!(out, "sinks:");
+    for sink in &s.sinks {
+        let detail = match &sink.config {
+            RawSink::Kafka(k) => format!("brokers {}", k.brokers),
+            RawSink::Rabbitmq(r) => {
+                format!("url {} exchange {}", config::rabbitmq::redact_url(&r.url), r.exchange)
+            }
+            RawSink::File(f) => format!("path {}", f.path),
+            RawSink::Discard(d) => format!("delay {}", humantime::format_duration(d.delay)),
+        };
+        let _ = writeln!(out, "  {} ({}) {detail}", sink.name, sink.config.kind());
+    }
+    let _ = writeln!(out, "routes:");
+    for (i, r) in s.router.routes().iter().enumerate() {
+        let globs: Vec<_> = r.patterns.iter().map(|g| g.as_str()).collect();
+        let targets: Vec<_> = r
+            .targets
+            .iter()
+            .map(|t| format!("{} -> {}", t.sink_name, t.destination.as_str()))
+            .collect();
+        let _ = writeln!(out, "  [{i}] {} => {}", globs.join(", "), targets.join("; "));
+    }
+    out
+}

@@ -1,0 +1,222 @@
+//! The `file` sink: JSON Lines, one object per published message, written to a file or stdout.
+//!
+//! A dedicated writer thread takes every record queued at that moment, writes them, flushes (and
+//! `fsync`s when asked), and only then confirms each of them: one flush serves many requests.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::ser::SerializeMap;
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Envelope, Sink, SinkError};
+use crate::config::raw::FileSinkConfig;
+
+/// How many records may wait for the writer before `publish` itself waits.
+const QUEUE: usize = 4096;
+
+enum Command {
+    Write(Vec<u8>, oneshot::Sender<Result<(), String>>),
+    Close(oneshot::Sender<()>),
+}
+
+pub struct FileSink {
+    name: String,
+    tx: mpsc::Sender<Command>,
+    alive: Arc<AtomicBool>,
+}
+
+/// One line of the file.
+#[derive(Serialize)]
+pub struct Line<'a> {
+    pub sink: &'a str,
+    pub destination: &'a str,
+    pub key: &'a str,
+    pub headers: Headers<'a>,
+    pub payload: &'a str,
+}
+
+/// Headers as a JSON object, in the order given.
+pub struct Headers<'a>(pub &'a [(&'static str, &'a str)]);
+
+impl Serialize for Headers<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            map.serialize_entry(k, v)?;
+        }
+        map.end()
+    }
+}
+
+impl FileSink {
+    /// Opens (creates, appends to) the file, or uses stdout for `-`.
+    pub fn open(name: &str, config: &FileSinkConfig) -> Result<Self, String> {
+        let out: Box<dyn Write + Send> = if config.path == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&config.path)
+                .map_err(|e| format!("cannot open {}: {}", config.path, crate::config::secret::io_reason(&e)))?;
+            Box::new(SyncingFile {
+                file,
+                fsync: config.fsync,
+            })
+        };
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let alive = Arc::new(AtomicBool::new(true));
+        let alive2 = alive.clone();
+        std::thread::Builder::new()
+            .name(format!("file-sink-{name}"))
+            .spawn(move || {
+                writer(out, rx);
+                alive2.store(false, Ordering::SeqCst);
+            })
+            .map_err(|e| format!("cannot start writer thread: {e}"))?;
+        Ok(FileSink {
+            name: name.to_string(),
+            tx,
+            alive,
+        })
+    }
+
+    fn line(&self, destination: &str, envelope: &Envelope) -> Result<Vec<u8>, SinkError> {
+        let payload = std::str::from_utf8(&envelope.payload)
+            .map_err(|_| SinkError::permanent("the payload is not UTF-8 and cannot be written as a JSON string"))?;
+        let headers = envelope.headers();
+        let line = Line {
+            sink: &self.name,
+            destination,
+            key: envelope.key(),
+            headers: Headers(&headers),
+            payload,
+        };
+        let mut buf = Vec::with_capacity(envelope.payload.len() + 512);
+        serde_json::to_writer(&mut buf, &line)
+            .map_err(|e| SinkError::permanent(format!("cannot encode record: {e}")))?;
+        buf.push(b'\n');
+        Ok(buf)
+    }
+}
+
+/// A file that is flushed to the OS on `flush`, and to disk too when `fsync` is set.
+struct SyncingFile {
+    file: std::fs::File,
+    fsync: bool,
+}
+
+impl Write for SyncingFile {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.fsync {
+            self.file.sync_data()?;
+        }
+        Ok(())
+    }
+}
+
+fn writer(mut out: Box<dyn Write + Send>, mut rx: mpsc::Receiver<Command>) {
+    let mut batch = Vec::new();
+    let mut waiting = Vec::new();
+    while let Some(cmd) = rx.blocking_recv() {
+        let mut close = None;
+        let mut next = Some(cmd);
+        while let Some(cmd) = next.take() {
+            match cmd {
+                Command::Write(line, ack) => {
+                    batch.extend_from_slice(&line);
+                    waiting.push(ack);
+                }
+                Command::Close(done) => {
+                    close = Some(done);
+                    break;
+                }
+            }
+            if waiting.len() < 256 {
+                next = rx.try_recv().ok();
+            }
+        }
+        if !waiting.is_empty() {
+            let result = out
+                .write_all(&batch)
+                .and_then(|()| out.flush())
+                .map_err(|e| e.to_string());
+            for ack in waiting.drain(..) {
+                let _ = ack.send(result.clone());
+            }
+            batch.clear();
+        }
+        if let Some(done) = close {
+            let _ = out.flush();
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+impl Sink for FileSink {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn publish<'a>(&'a self, destination: &'a str, envelope: &'a Envelope) -> BoxFuture<'a, Result<(), SinkError>> {
+        async move {
+            let line = self.line(destination, envelope)?;
+            let (ack_tx, ack_rx) = oneshot::channel();
+            self.tx
+                .send(Command::Write(line, ack_tx))
+                .await
+                .map_err(|_| SinkError::retryable("the file sink is closed"))?;
+            match ack_rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(SinkError::retryable(format!("write failed: {e}"))),
+                Err(_) => Err(SinkError::retryable("the file writer stopped")),
+            }
+        }
+        .boxed()
+    }
+
+    fn health(&self) -> BoxFuture<'_, Result<(), SinkError>> {
+        let ok = self.alive.load(Ordering::SeqCst) && !self.tx.is_closed();
+        futures::future::ready(if ok {
+            Ok(())
+        } else {
+            Err(SinkError::retryable("the file writer stopped"))
+        })
+        .boxed()
+    }
+
+    fn close(&self, deadline: Instant) -> BoxFuture<'_, Result<(), SinkError>> {
+        async move {
+            let (done_tx, done_rx) = oneshot::channel();
+            let wait = async {
+                self.tx
+                    .send(Command::Close(done_tx))
+                    .await
+                    .map_err(|_| SinkError::retryable("already closed"))?;
+                done_rx
+                    .await
+                    .map_err(|_| SinkError::retryable("the file writer stopped"))
+            };
+            match tokio::time::timeout_at(deadline.into(), wait).await {
+                Ok(r) => r,
+                Err(_) => Err(SinkError::retryable("timed out flushing the file")),
+            }
+        }
+        .boxed()
+    }
+}
