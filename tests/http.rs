@@ -1,4 +1,5 @@
 //! The HTTP contract of SPEC.md, row by row, through a bridge spawned on port 0 with in-memory sinks.
+#![allow(clippy::unwrap_used)]
 
 mod common;
 

@@ -1,5 +1,5 @@
 //! Shared helpers for the integration tests: spawning a bridge on port 0, signing, posting.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
