@@ -169,6 +169,7 @@ kill_node() {
 }
 
 case "${1:-}" in
+  install) install_if_missing ;;
   start) start ;;
   stop) stop ;;
   restart) stop; start ;;
@@ -179,5 +180,5 @@ case "${1:-}" in
   wait) wait_ready ;;
   reset) stop; rm -rf "$BASE"; log "wiped $BASE" ;;
   ctl) shift; ctl "$@" ;;
-  *) echo "usage: $0 start|stop|restart|kill|status|wait|reset|ctl ARGS..." >&2; exit 2 ;;
+  *) echo "usage: $0 install|start|stop|restart|kill|status|wait|reset|ctl ARGS..." >&2; exit 2 ;;
 esac

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Sets up everything hookbridge needs to build and to run its tests on a fresh Debian machine:
+# system packages (for rdkafka's build and RabbitMQ), the Kafka broker jars, and Stripe's
+# official SDKs (the interop reference). Idempotent: a second run only checks.
+#
+#   scripts/setup.sh
+#
+# Caches live in ${HOOKBRIDGE_CACHE:-$HOME/.cache/hookbridge}, never in the checkout.
+set -euo pipefail
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+log() { echo "setup: $*" >&2; }
+
+# Build dependencies of librdkafka (built from source by rdkafka's cmake-build feature).
+packages=(build-essential cmake pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+for tool in cargo java mvn node npm python3; do
+  command -v "$tool" >/dev/null || { log "missing $tool: install it first (see README)"; exit 1; }
+done
+
+log "Kafka broker jars"
+"$here/deploy/local/kafka.sh" fetch
+log "RabbitMQ server"
+"$here/deploy/local/rabbitmq.sh" install
+log "Stripe SDKs"
+"$here/deploy/local/stripe-sdk.sh"
+log "done"
