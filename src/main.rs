@@ -267,7 +267,7 @@ fn describe(s: &Settings) -> String {
     let _ = writeln!(out, "sinks:");
     for sink in &s.sinks {
         let detail = match &sink.config {
-            RawSink::Kafka(k) => format!("brokers {}", k.brokers),
+            RawSink::Kafka(k) => k.describe(s.ack_timeout),
             RawSink::Rabbitmq(r) => {
                 format!("url {} exchange {}", config::rabbitmq::redact_url(&r.url), r.exchange)
             }

@@ -1,28 +1,449 @@
 //! Config of the `kafka` sink.
+//!
+//! The producer is always idempotent with `acks=all`: a 200 means every in-sync replica has the
+//! record. First-class settings (`client_id`, `compression`, `linger`, `message_timeout`) and
+//! their defaults are turned into librdkafka properties by [`KafkaSinkConfig::properties`];
+//! anything else goes through `options` unchanged. Setting the same property both ways is a
+//! config error, and so is any option that would weaken durability.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::raw::Scalar;
+use super::raw::{opt_duration, Scalar};
 use super::Problems;
 
 /// A Kafka producer (librdkafka), idempotent with `acks=all`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// Bootstrap servers, comma separated (`bootstrap.servers`).
     pub brokers: String,
-    /// librdkafka properties passed through as given (SASL/SSL settings go here).
+    /// `client.id` shown in broker logs and quotas. Default `hookbridge`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// `compression.type`: none, gzip, snappy, lz4 or zstd. Default librdkafka's (none).
+    #[serde(default)]
+    pub compression: Option<String>,
+    /// `linger.ms`: how long to wait to batch records. Default librdkafka's (5ms).
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub linger: Option<Duration>,
+    /// `message.timeout.ms`: how long librdkafka tries to deliver one record before reporting it
+    /// failed. Must be below `ack_timeout`; the default leaves room for `queue_timeout` and a
+    /// margin, so the failure is reported before the request's deadline.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub message_timeout: Option<Duration>,
+    /// How long a publish waits for room in librdkafka's local queue when it is full
+    /// (`queue.buffering.max.messages`/`.kbytes`). Default: a tenth of `ack_timeout`, at most
+    /// 500ms.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub queue_timeout: Option<Duration>,
+    /// librdkafka properties passed through as given (SASL/SSL settings go here). Values of
+    /// sensitive properties (passwords, secrets, keys) are never printed.
     #[serde(default)]
     pub options: BTreeMap<String, Scalar>,
 }
 
+/// Properties hookbridge sets itself and that `options` must not override.
+const FORCED_BY_BRIDGE: &[(&str, &str)] = &[
+    ("bootstrap.servers", "set `brokers` instead"),
+    ("metadata.broker.list", "set `brokers` instead"),
+    (
+        "transactional.id",
+        "hookbridge publishes with an idempotent, non-transactional producer",
+    ),
+    (
+        "delivery.report.only.error",
+        "hookbridge needs every delivery report to confirm a publish",
+    ),
+    ("dr_cb", "hookbridge installs its own delivery report handling"),
+    ("dr_msg_cb", "hookbridge installs its own delivery report handling"),
+];
+
+/// Option keys whose values are secrets.
+pub fn is_sensitive(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    [
+        "password",
+        "secret",
+        "jaas",
+        "ssl.key.pem",
+        "oauthbearer.config",
+        "token",
+    ]
+    .iter()
+    .any(|s| k.contains(s))
+}
+
+impl std::fmt::Debug for KafkaSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSinkConfig")
+            .field("brokers", &self.brokers)
+            .field("client_id", &self.client_id)
+            .field("compression", &self.compression)
+            .field("linger", &self.linger)
+            .field("message_timeout", &self.message_timeout)
+            .field("queue_timeout", &self.queue_timeout)
+            .field("options", &RedactedOptions(&self.options))
+            .finish()
+    }
+}
+
+struct RedactedOptions<'a>(&'a BTreeMap<String, Scalar>);
+
+impl std::fmt::Debug for RedactedOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| (k, redacted_value(k, &v.0))))
+            .finish()
+    }
+}
+
+fn redacted_value<'a>(key: &str, value: &'a str) -> &'a str {
+    if is_sensitive(key) {
+        "***"
+    } else {
+        value
+    }
+}
+
+/// Resolved timing of one sink, derived from its config and `ack_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KafkaTimings {
+    /// librdkafka's `message.timeout.ms`.
+    pub message_timeout: Duration,
+    /// The longest a publish waits for room in the local queue.
+    pub queue_timeout: Duration,
+}
+
 impl KafkaSinkConfig {
+    /// Message and queue timeouts: what the user set (in first-class fields or `options`), else
+    /// defaults that keep `queue_timeout + message_timeout` below `ack_timeout`.
+    pub fn timings(&self, ack_timeout: Duration) -> KafkaTimings {
+        let slice = (ack_timeout / 10).min(Duration::from_millis(500));
+        let queue_timeout = self.queue_timeout.unwrap_or(slice);
+        let from_options = self
+            .option("message.timeout.ms")
+            .or_else(|| self.option("delivery.timeout.ms"))
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(Duration::from_millis);
+        let message_timeout = self.message_timeout.or(from_options).unwrap_or_else(|| {
+            ack_timeout
+                .saturating_sub(queue_timeout)
+                .saturating_sub(slice)
+                .max(Duration::from_millis(10))
+        });
+        KafkaTimings {
+            message_timeout,
+            queue_timeout,
+        }
+    }
+
+    fn option(&self, key: &str) -> Option<&str> {
+        self.options.get(key).map(|v| v.0.trim())
+    }
+
+    /// Every librdkafka property of the producer: `options`, then the first-class settings and
+    /// the bridge's defaults for what `options` does not set, then the properties the bridge
+    /// forces (`bootstrap.servers`, `enable.idempotence`, `acks`). Call after [`Self::validate`].
+    pub fn properties(&self, ack_timeout: Duration) -> BTreeMap<String, String> {
+        let mut props: BTreeMap<String, String> = self.options.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+        let timings = self.timings(ack_timeout);
+        let mut default = |key: &str, value: String| {
+            props.entry(key.to_string()).or_insert(value);
+        };
+        default(
+            "client.id",
+            self.client_id.clone().unwrap_or_else(|| "hookbridge".into()),
+        );
+        if let Some(c) = &self.compression {
+            default("compression.type", c.clone());
+        }
+        if let Some(l) = self.linger {
+            default("linger.ms", l.as_millis().to_string());
+        }
+        if !self.options.contains_key("delivery.timeout.ms") {
+            default("message.timeout.ms", timings.message_timeout.as_millis().to_string());
+        }
+        // Recover quickly when a broker comes back (librdkafka's default backs off up to 10s).
+        default("reconnect.backoff.max.ms", "1000".into());
+        props.insert("bootstrap.servers".into(), self.brokers.trim().to_string());
+        props.insert("enable.idempotence".into(), "true".into());
+        props.insert("acks".into(), "all".into());
+        props.remove("request.required.acks");
+        props
+    }
+
+    /// The properties as `key=value` text for logs and `check-config`, secrets redacted.
+    pub fn describe(&self, ack_timeout: Duration) -> String {
+        let props = self.properties(ack_timeout);
+        let timings = self.timings(ack_timeout);
+        let shown: Vec<String> = props
+            .iter()
+            .filter(|(k, _)| k.as_str() != "bootstrap.servers")
+            .map(|(k, v)| format!("{k}={}", redacted_value(k, v)))
+            .collect();
+        format!(
+            "brokers {} queue_timeout {} properties {{{}}}",
+            self.brokers,
+            humantime::format_duration(timings.queue_timeout),
+            shown.join(", ")
+        )
+    }
+
     /// Pure checks; `path` is the key path of this sink, e.g. `sinks.events`.
-    pub fn validate(&self, path: &str, _ack_timeout: std::time::Duration, problems: &mut Problems) {
+    pub fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
         if self.brokers.trim().is_empty() {
             problems.push(format!("{path}.brokers"), "must list at least one broker (host:port)");
         }
+        for (key, why) in FORCED_BY_BRIDGE {
+            if self.options.contains_key(*key) {
+                problems.push(format!("{path}.options.{key}"), format!("cannot be set: {why}"));
+            }
+        }
+        for key in ["acks", "request.required.acks"] {
+            if let Some(v) = self.option(key) {
+                if !(v.eq_ignore_ascii_case("all") || v == "-1") {
+                    problems.push(
+                        format!("{path}.options.{key}"),
+                        format!(
+                            "`{v}` would let the broker confirm records that are not yet on every \
+                             in-sync replica; hookbridge always uses acks=all (remove the option)"
+                        ),
+                    );
+                }
+            }
+        }
+        if let Some(v) = self.option("enable.idempotence") {
+            if !v.eq_ignore_ascii_case("true") {
+                problems.push(
+                    format!("{path}.options.enable.idempotence"),
+                    format!(
+                        "`{v}` is not allowed: the producer must be idempotent so retries after a \
+                         broker failure neither lose nor reorder records (remove the option)"
+                    ),
+                );
+            }
+        }
+        let clash = |field: &str, key: &str, problems: &mut Problems| {
+            problems.push(
+                format!("{path}.{field}"),
+                format!("is also set as options.{key}; set it in one place only"),
+            );
+        };
+        if self.client_id.is_some() && self.options.contains_key("client.id") {
+            clash("client_id", "client.id", problems);
+        }
+        if self.compression.is_some() {
+            for key in ["compression.type", "compression.codec"] {
+                if self.options.contains_key(key) {
+                    clash("compression", key, problems);
+                }
+            }
+        }
+        if self.linger.is_some() {
+            for key in ["linger.ms", "queue.buffering.max.ms"] {
+                if self.options.contains_key(key) {
+                    clash("linger", key, problems);
+                }
+            }
+        }
+        if self.message_timeout.is_some() {
+            for key in ["message.timeout.ms", "delivery.timeout.ms"] {
+                if self.options.contains_key(key) {
+                    clash("message_timeout", key, problems);
+                }
+            }
+        }
+        for key in ["message.timeout.ms", "delivery.timeout.ms"] {
+            if let Some(v) = self.option(key) {
+                if v.parse::<u64>().is_err() {
+                    problems.push(format!("{path}.options.{key}"), "must be a number of milliseconds");
+                }
+            }
+        }
+        if let Some(c) = &self.compression {
+            if !["none", "gzip", "snappy", "lz4", "zstd"].contains(&c.as_str()) {
+                problems.push(
+                    format!("{path}.compression"),
+                    format!("`{c}` is not one of none, gzip, snappy, lz4, zstd"),
+                );
+            }
+        }
+        let t = self.timings(ack_timeout);
+        let set_by = if self.message_timeout.is_some() {
+            format!("{path}.message_timeout")
+        } else if self.options.contains_key("message.timeout.ms") {
+            format!("{path}.options.message.timeout.ms")
+        } else {
+            format!("{path}.options.delivery.timeout.ms")
+        };
+        let user_set_message_timeout = self.message_timeout.is_some()
+            || self.options.contains_key("message.timeout.ms")
+            || self.options.contains_key("delivery.timeout.ms");
+        if user_set_message_timeout && t.message_timeout.is_zero() {
+            problems.push(
+                &set_by,
+                "must be greater than 0 (0 means retry forever, which no request can wait for)",
+            );
+        } else if t.message_timeout + t.queue_timeout >= ack_timeout {
+            let key = if user_set_message_timeout {
+                set_by
+            } else {
+                format!("{path}.queue_timeout")
+            };
+            problems.push(
+                key,
+                format!(
+                    "message timeout ({}) plus queue timeout ({}) must stay below ack_timeout ({}), \
+                     so a failed delivery is reported before the request's deadline",
+                    humantime::format_duration(t.message_timeout),
+                    humantime::format_duration(t.queue_timeout),
+                    humantime::format_duration(ack_timeout)
+                ),
+            );
+        }
+        #[cfg(feature = "kafka")]
+        if problems.is_empty() {
+            // librdkafka checks property names and values without connecting anywhere.
+            let mut cc = rdkafka::ClientConfig::new();
+            for (k, v) in self.properties(ack_timeout) {
+                cc.set(k, v);
+            }
+            if let Err(e) = cc.create_native_config() {
+                problems.push(format!("{path}.options"), format!("librdkafka refuses them: {e}"));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tests write sink configs as JSON for brevity.
+    fn parse(json: &str) -> KafkaSinkConfig {
+        serde_json::from_str(json).expect("test config parses")
+    }
+
+    fn problems(c: &KafkaSinkConfig, ack: Duration) -> Vec<String> {
+        let mut p = Problems::default();
+        c.validate("sinks.k", ack, &mut p);
+        p.into_vec().iter().map(ToString::to_string).collect()
+    }
+
+    const FIVE: Duration = Duration::from_secs(5);
+
+    #[test]
+    fn defaults_are_idempotent_acks_all_below_ack_timeout() {
+        let c = parse(r#"{"brokers":"127.0.0.1:9092"}"#);
+        assert!(problems(&c, FIVE).is_empty());
+        let p = c.properties(FIVE);
+        assert_eq!(p["enable.idempotence"], "true");
+        assert_eq!(p["acks"], "all");
+        assert_eq!(p["bootstrap.servers"], "127.0.0.1:9092");
+        assert_eq!(p["client.id"], "hookbridge");
+        assert_eq!(p["message.timeout.ms"], "4000");
+        assert_eq!(c.timings(FIVE).queue_timeout, Duration::from_millis(500));
+        let t = c.timings(Duration::from_secs(2));
+        assert_eq!(t.message_timeout, Duration::from_millis(1600));
+        assert_eq!(t.queue_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn options_pass_through_and_first_class_fills_gaps() {
+        let c = parse(
+            r#"{"brokers":"b:9092","client_id":"me","linger":"20ms",
+                "options":{"security.protocol":"sasl_ssl","batch.size":65536,"enable.idempotence":true}}"#,
+        );
+        assert!(problems(&c, FIVE).is_empty(), "{:?}", problems(&c, FIVE));
+        let p = c.properties(FIVE);
+        assert_eq!(p["security.protocol"], "sasl_ssl");
+        assert_eq!(p["batch.size"], "65536");
+        assert_eq!(p["client.id"], "me");
+        assert_eq!(p["linger.ms"], "20");
+        // An option the user set wins over the bridge's default.
+        let c = parse(r#"{"brokers":"b:9092","options":{"reconnect.backoff.max.ms":"5000","client.id":"x"}}"#);
+        let p = c.properties(FIVE);
+        assert_eq!(p["reconnect.backoff.max.ms"], "5000");
+        assert_eq!(p["client.id"], "x");
+    }
+
+    #[test]
+    fn clashes_and_weakened_durability_are_errors_with_key_paths() {
+        let c = parse(
+            r#"{"brokers":"b:9092","client_id":"me","linger":"1ms","message_timeout":"1s",
+                "options":{"client.id":"x","linger.ms":1,"message.timeout.ms":1000,
+                           "acks":"1","enable.idempotence":"false","bootstrap.servers":"y",
+                           "transactional.id":"t"}}"#,
+        );
+        let p = problems(&c, FIVE);
+        for needle in [
+            "sinks.k.client_id: is also set as options.client.id",
+            "sinks.k.linger: is also set as options.linger.ms",
+            "sinks.k.message_timeout: is also set as options.message.timeout.ms",
+            "sinks.k.options.acks: `1` would let the broker confirm",
+            "sinks.k.options.enable.idempotence: `false` is not allowed",
+            "sinks.k.options.bootstrap.servers: cannot be set: set `brokers` instead",
+            "sinks.k.options.transactional.id: cannot be set",
+        ] {
+            assert!(p.iter().any(|x| x.contains(needle)), "missing {needle:?} in {p:#?}");
+        }
+        let ok = parse(r#"{"brokers":"b:9092","options":{"acks":"-1"}}"#);
+        assert!(problems(&ok, FIVE).is_empty());
+        let ok = parse(r#"{"brokers":"b:9092","options":{"acks":"all"}}"#);
+        assert!(problems(&ok, FIVE).is_empty());
+    }
+
+    #[test]
+    fn message_timeout_must_stay_below_ack_timeout() {
+        let c = parse(r#"{"brokers":"b:9092","message_timeout":"5s"}"#);
+        let p = problems(&c, FIVE);
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("sinks.k.message_timeout: message timeout (5s)")),
+            "{p:?}"
+        );
+        let c = parse(r#"{"brokers":"b:9092","options":{"message.timeout.ms":"0"}}"#);
+        let p = problems(&c, FIVE);
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("sinks.k.options.message.timeout.ms: must be greater than 0")),
+            "{p:?}"
+        );
+        let c = parse(r#"{"brokers":"b:9092","options":{"message.timeout.ms":"3000"}}"#);
+        assert!(problems(&c, FIVE).is_empty());
+        assert_eq!(c.properties(FIVE)["message.timeout.ms"], "3000");
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn librdkafka_refuses_unknown_properties() {
+        let c = parse(r#"{"brokers":"b:9092","options":{"no.such.property":"1"}}"#);
+        let p = problems(&c, FIVE);
+        assert!(
+            p.iter()
+                .any(|x| x.starts_with("sinks.k.options: librdkafka refuses them")),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn secrets_are_redacted_in_debug_and_describe() {
+        let c = parse(
+            r#"{"brokers":"b:9092","options":{"sasl.username":"alice","sasl.password":"hunter2",
+                "sasl.oauthbearer.client.secret":"s3cr3t","ssl.key.password":"pw"}}"#,
+        );
+        let debug = format!("{c:?}");
+        let described = c.describe(FIVE);
+        for text in [&debug, &described] {
+            assert!(
+                !text.contains("hunter2") && !text.contains("s3cr3t") && !text.contains("\"pw\""),
+                "{text}"
+            );
+            assert!(text.contains("alice"), "{text}");
+        }
+        assert!(described.contains("sasl.password=***"), "{described}");
     }
 }

@@ -6,6 +6,8 @@ pub mod file;
 pub mod memory;
 
 // kafka and amqp modules: being written
+#[cfg(feature = "kafka")]
+pub mod kafka;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -157,6 +159,8 @@ pub async fn build(s: &SinkSettings, ack_timeout: std::time::Duration) -> Result
     Ok(match &s.config {
         RawSink::File(c) => Arc::new(file::FileSink::open(&s.name, c).map_err(err)?),
         RawSink::Discard(c) => Arc::new(discard::DiscardSink::new(&s.name, c.delay)),
+        #[cfg(feature = "kafka")]
+        RawSink::Kafka(c) => Arc::new(kafka::KafkaSink::new(&s.name, c, ack_timeout).map_err(err)?),
         #[allow(unreachable_patterns)]
         other => return Err(err(format!("this build has no {} support", other.kind()))),
     })
