@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{SecretSource, Settings};
+use crate::config::{HttpSettings, Secret, SecretSource, Settings, SinkSettings};
 use crate::dedup::Dedup;
 use crate::http;
 use crate::metrics::Metrics;
@@ -24,6 +24,9 @@ use crate::verify::{Clock, SystemClock, Verifier};
 /// The extra time past `ack_timeout` that shutdown may take in all.
 pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
 
+/// How often mounted secret files and TLS files are checked for changes.
+pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(2);
+
 /// A webhook endpoint at run time.
 pub struct Endpoint {
     pub path: String,
@@ -31,6 +34,27 @@ pub struct Endpoint {
     pub sources: Vec<SecretSource>,
     /// Swapped in place when a secret file changes.
     pub verifier: ArcSwap<Verifier>,
+    /// The secrets the verifier was built from, to notice changes.
+    secrets: std::sync::Mutex<Vec<Secret>>,
+}
+
+impl Endpoint {
+    /// Re-reads the secret sources; swaps the verifier when they changed. A source that cannot be
+    /// read keeps the current secrets (a file being replaced may be missing for a moment).
+    pub fn reload_secrets(&self) -> Result<bool, String> {
+        let fresh = self
+            .sources
+            .iter()
+            .map(SecretSource::load)
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut current = self.secrets.lock().unwrap_or_else(|p| p.into_inner());
+        if *current == fresh {
+            return Ok(false);
+        }
+        self.verifier.store(Arc::new(Verifier::new(&fresh, self.tolerance)));
+        *current = fresh;
+        Ok(true)
+    }
 }
 
 /// What a request needs that a config reload may replace.
@@ -38,8 +62,11 @@ pub struct Live {
     pub endpoints: HashMap<String, Endpoint>,
     pub router: Router,
     pub sinks: Vec<Arc<dyn Sink>>,
+    /// The settings each sink was built from (same order as `sinks`).
+    pub sink_settings: Vec<SinkSettings>,
     pub max_body_bytes: u64,
     pub ack_timeout: Duration,
+    pub http: HttpSettings,
 }
 
 impl Live {
@@ -55,6 +82,7 @@ impl Live {
                         tolerance: e.tolerance,
                         sources: e.sources.clone(),
                         verifier: ArcSwap::from_pointee(Verifier::new(&e.secrets, e.tolerance)),
+                        secrets: std::sync::Mutex::new(e.secrets.clone()),
                     },
                 )
             })
@@ -63,8 +91,10 @@ impl Live {
             endpoints,
             router: settings.router.clone(),
             sinks,
+            sink_settings: settings.sinks.clone(),
             max_body_bytes: settings.max_body_bytes,
             ack_timeout: settings.ack_timeout,
+            http: settings.http.clone(),
         }
     }
 }
@@ -77,6 +107,12 @@ pub struct State {
     pub clock: Arc<dyn Clock>,
     /// Set once shutdown began: `/readyz` answers 503.
     pub draining: AtomicBool,
+    /// Caps requests in flight (`http.max_concurrent_requests`).
+    pub limiter: tokio::sync::Semaphore,
+    /// Sinks a reload removed: closed at shutdown with the others.
+    retired: std::sync::Mutex<Vec<Arc<dyn Sink>>>,
+    /// The TLS certificate being served, if any.
+    tls: Option<Arc<crate::http::tls::ReloadingCert>>,
 }
 
 impl State {
@@ -87,6 +123,9 @@ impl State {
             metrics: Metrics::new(),
             clock,
             draining: AtomicBool::new(false),
+            limiter: tokio::sync::Semaphore::new(settings.http.max_concurrent_requests),
+            retired: std::sync::Mutex::new(Vec::new()),
+            tls: None,
         }
     }
 
@@ -98,6 +137,67 @@ impl State {
     /// Replaces routes, endpoints and sinks for requests that start from now on.
     pub fn replace_live(&self, live: Live) {
         self.live.store(Arc::new(live));
+    }
+
+    /// Applies a new validated config (SIGHUP): endpoints, secrets, routes, limits and new sinks
+    /// take effect for requests that start from now on. Sinks keep their connections: a sink
+    /// whose settings changed keeps the old ones until restart (logged). Listener settings
+    /// (addresses, TLS files, header limits, the concurrency cap) also need a restart.
+    pub async fn reload(&self, settings: Settings) -> Result<(), String> {
+        let old = self.live();
+        let mut sinks = Vec::with_capacity(settings.sinks.len());
+        let mut kept_settings = Vec::with_capacity(settings.sinks.len());
+        for s in &settings.sinks {
+            match old.sink_settings.iter().position(|o| o.name == s.name) {
+                Some(i) => {
+                    if format!("{:?}", old.sink_settings[i].config) != format!("{:?}", s.config) {
+                        tracing::warn!(sink = %s.name, "sink settings changed; they take effect on restart");
+                    }
+                    sinks.push(old.sinks[i].clone());
+                    kept_settings.push(old.sink_settings[i].clone());
+                }
+                None => {
+                    let sink = crate::sink::build(s, settings.ack_timeout)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    sinks.push(sink);
+                    kept_settings.push(s.clone());
+                }
+            }
+        }
+        let retired: Vec<_> = old
+            .sink_settings
+            .iter()
+            .zip(&old.sinks)
+            .filter(|(o, _)| !settings.sinks.iter().any(|s| s.name == o.name))
+            .map(|(_, sink)| sink.clone())
+            .collect();
+        let mut live = Live::new(&settings, sinks);
+        live.sink_settings = kept_settings;
+        self.replace_live(live);
+        self.retired.lock().unwrap_or_else(|p| p.into_inner()).extend(retired);
+        Ok(())
+    }
+
+    /// One pass of the file watcher: re-reads secret files and TLS files, swapping what changed.
+    pub fn poll_files(&self) {
+        let live = self.live();
+        for endpoint in live.endpoints.values() {
+            match endpoint.reload_secrets() {
+                Ok(true) => tracing::info!(endpoint = %endpoint.path, "signing secrets changed; now in use"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(endpoint = %endpoint.path, error = %e, "cannot re-read signing secrets; keeping the current ones")
+                }
+            }
+        }
+        if let Some(tls) = &self.tls {
+            match tls.reload_if_changed() {
+                Ok(true) => tracing::info!("TLS certificate changed; now in use"),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot reload the TLS certificate; keeping the current one"),
+            }
+        }
     }
 }
 
@@ -151,6 +251,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     Sink(#[from] crate::sink::BuildError),
+    #[error("TLS: {0}")]
+    Tls(String),
 }
 
 /// Binds the ports (unless given), builds the sinks, and serves until [`Running::shutdown`].
@@ -160,7 +262,7 @@ pub async fn start(settings: Settings, options: Options) -> Result<Running, Star
         None => (bind(settings.listen).await?, bind(settings.admin_listen).await?),
     };
     let sinks = crate::sink::build_all(&settings.sinks, settings.ack_timeout).await?;
-    Ok(start_with(settings, sinks, webhook, admin, options.clock))
+    start_with(settings, sinks, webhook, admin, options.clock)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -176,25 +278,50 @@ pub fn start_with(
     webhook: TcpListener,
     admin: TcpListener,
     clock: Arc<dyn Clock>,
-) -> Running {
+) -> Result<Running, StartError> {
     let webhook_addr = webhook.local_addr().expect("a bound listener has an address");
     let admin_addr = admin.local_addr().expect("a bound listener has an address");
-    let state = Arc::new(State::new(&settings, sinks, clock));
+    let mut state = State::new(&settings, sinks, clock);
+    let mut webhook_options = http::ServeOptions {
+        header_read_timeout: settings.http.header_read_timeout,
+        max_header_bytes: settings.http.max_header_bytes,
+        tls: None,
+    };
+    if let Some(tls) = &settings.http.tls {
+        let cert = Arc::new(http::tls::ReloadingCert::new(&tls.cert_file, &tls.key_file).map_err(StartError::Tls)?);
+        webhook_options.tls = Some(http::tls::acceptor(cert.clone()).map_err(StartError::Tls)?);
+        state.tls = Some(cert);
+    }
+    let state = Arc::new(state);
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(serve(
         state.clone(),
         webhook,
         admin,
+        webhook_options,
         settings.ack_timeout,
-        wait_for(stop_rx),
+        wait_for(stop_rx.clone()),
     ));
-    tracing::info!(%webhook_addr, %admin_addr, "hookbridge is listening");
-    Running {
+    tokio::spawn(watch_files(state.clone(), stop_rx));
+    tracing::info!(%webhook_addr, %admin_addr, tls = settings.http.tls.is_some(), "hookbridge is listening");
+    Ok(Running {
         webhook_addr,
         admin_addr,
         state,
         stop,
         task,
+    })
+}
+
+async fn watch_files(state: Arc<State>, mut stop: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FILE_POLL_INTERVAL) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let state = state.clone();
+        // File reads block; keep them off the request threads.
+        let _ = tokio::task::spawn_blocking(move || state.poll_files()).await;
     }
 }
 
@@ -206,6 +333,7 @@ async fn serve(
     state: Arc<State>,
     webhook: TcpListener,
     admin: TcpListener,
+    webhook_options: http::ServeOptions,
     ack_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -214,11 +342,13 @@ async fn serve(
     let webhook_task = tokio::spawn(http::serve(
         webhook,
         http::handler(state.clone(), http::webhook::handle),
+        webhook_options,
         wait_for(stop_webhook_rx),
     ));
     let admin_task = tokio::spawn(http::serve(
         admin,
         http::handler(state.clone(), http::admin::handle),
+        http::ServeOptions::default(),
         wait_for(stop_admin_rx),
     ));
 

@@ -59,6 +59,8 @@ enum Command {
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+    /// Load-test a webhook endpoint with signed fixture events; report throughput and latency.
+    Bench(hookbridge::bench::BenchArgs),
 }
 
 /// An error and the exit code it deserves.
@@ -140,6 +142,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Send { url, secret, files } => send(&url, &secret, &files),
+        Command::Bench(args) => hookbridge::bench::run_cli(args)
+            .map(ExitCode::from)
+            .map_err(|e| Failure {
+                code: e.exit_code(),
+                message: e.to_string(),
+            }),
     }
 }
 
@@ -197,10 +205,12 @@ fn serve(config: Option<PathBuf>) -> Result<ExitCode, Failure> {
     let settings = config::load(&path)?;
     init_tracing(&settings);
     let rt = runtime()?;
+    let path = path.clone();
     rt.block_on(async move {
         let running = hookbridge::app::start(settings, hookbridge::app::Options::default())
             .await
             .map_err(|e| Failure::other(e.to_string()))?;
+        tokio::spawn(reload_on_sighup(running.state.clone(), path));
         shutdown_signal().await;
         running.shutdown().await;
         Ok::<_, Failure>(())
@@ -225,6 +235,29 @@ async fn shutdown_signal() {
     }
 }
 
+/// SIGHUP reloads the config file; an invalid one keeps the running config and logs why.
+async fn reload_on_sighup(state: std::sync::Arc<hookbridge::app::State>, path: PathBuf) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP; config reload is off");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let loaded = {
+            let path = path.clone();
+            tokio::task::spawn_blocking(move || config::load(&path)).await
+        };
+        match loaded {
+            Ok(Ok(settings)) => match state.reload(settings).await {
+                Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
+                Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
+            },
+            Ok(Err(e)) => tracing::error!(error = %e, "config reload refused; keeping the running config"),
+            Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
+        }
+    }
+}
+
 async fn futures_pending() {
     std::future::pending::<()>().await
 }
@@ -235,6 +268,9 @@ fn init_tracing(settings: &Settings) {
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(&settings.log.level));
+    // lapin logs a returned (unroutable) message at warn with its payload: payloads are never logged.
+    #[cfg(feature = "amqp")]
+    let filter = filter.add_directive("lapin::returned_messages=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -268,9 +304,7 @@ fn describe(s: &Settings) -> String {
     for sink in &s.sinks {
         let detail = match &sink.config {
             RawSink::Kafka(k) => k.describe(s.ack_timeout),
-            RawSink::Rabbitmq(r) => {
-                format!("url {} exchange {}", config::rabbitmq::redact_url(&r.url), r.exchange)
-            }
+            RawSink::Rabbitmq(r) => r.summary(),
             RawSink::File(f) => format!("path {}", f.path),
             RawSink::Discard(d) => format!("delay {}", humantime::format_duration(d.delay)),
         };

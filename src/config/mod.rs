@@ -178,6 +178,22 @@ pub struct Settings {
     pub router: Router,
     pub dedup: raw::RawDedup,
     pub log: LogSettings,
+    pub http: HttpSettings,
+}
+
+/// Validated hardening settings of the webhook port.
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_concurrent_requests: usize,
+    pub max_header_bytes: usize,
+    pub tls: Option<raw::RawTls>,
+    /// Empty allows every address.
+    pub allow_networks: Vec<ipnet::IpNet>,
+    /// Lower-case header name, when set.
+    pub client_ip_header: Option<http::HeaderName>,
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A validated endpoint.
@@ -291,6 +307,8 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
         p.push("log.level", format!("is not a valid filter: {e}"));
     }
 
+    let http = validate_http(&raw.http, &mut p);
+
     if !p.is_empty() {
         return Err(p.into_vec());
     }
@@ -307,7 +325,80 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
             json,
             level: raw.log.level,
         },
+        http,
     })
+}
+
+/// Parses `10.0.0.0/8`, `2001:db8::/32` or a single address (a /32 or /128 network).
+pub fn parse_network(text: &str) -> Option<ipnet::IpNet> {
+    let text = text.trim();
+    text.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
+fn validate_http(raw: &raw::RawHttp, p: &mut Problems) -> HttpSettings {
+    if raw.header_read_timeout.is_zero() {
+        p.push("http.header_read_timeout", "must be greater than 0");
+    }
+    if raw.body_read_timeout.is_zero() {
+        p.push("http.body_read_timeout", "must be greater than 0");
+    }
+    if raw.max_concurrent_requests == 0 {
+        p.push("http.max_concurrent_requests", "must be at least 1");
+    }
+    if raw.max_header_bytes < 8192 {
+        p.push("http.max_header_bytes", "must be at least 8192");
+    }
+    let mut networks = |key: &str, list: &[String]| -> Vec<ipnet::IpNet> {
+        let mut out = Vec::new();
+        for (i, n) in list.iter().enumerate() {
+            match parse_network(n) {
+                Some(net) => out.push(net.trunc()),
+                None => p.push(
+                    format!("http.{key}[{i}]"),
+                    format!("`{n}` is not a CIDR such as 10.0.0.0/8 or an IP"),
+                ),
+            }
+        }
+        out
+    };
+    let allow_networks = networks("allow_networks", &raw.allow_networks);
+    let trusted_proxies = networks("trusted_proxies", &raw.trusted_proxies);
+    let client_ip_header = if raw.client_ip_header.trim().is_empty() {
+        None
+    } else {
+        match http::HeaderName::from_bytes(raw.client_ip_header.trim().to_ascii_lowercase().as_bytes()) {
+            Ok(h) => {
+                if trusted_proxies.is_empty() {
+                    p.push(
+                        "http.trusted_proxies",
+                        "list the proxies allowed to set http.client_ip_header (otherwise any client could)",
+                    );
+                }
+                Some(h)
+            }
+            Err(_) => {
+                p.push("http.client_ip_header", "is not a valid header name");
+                None
+            }
+        }
+    };
+    if let Some(tls) = &raw.tls {
+        if let Err(e) = crate::http::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
+            p.push("http.tls", e);
+        }
+    }
+    HttpSettings {
+        header_read_timeout: raw.header_read_timeout,
+        body_read_timeout: raw.body_read_timeout,
+        max_concurrent_requests: raw.max_concurrent_requests,
+        max_header_bytes: raw.max_header_bytes,
+        tls: raw.tls.clone(),
+        allow_networks,
+        client_ip_header,
+        trusted_proxies,
+    }
 }
 
 fn parse_addr(key: &str, value: &str, p: &mut Problems) -> Option<SocketAddr> {

@@ -41,6 +41,82 @@ pub struct RawConfig {
     /// Logging.
     #[serde(default)]
     pub log: RawLog,
+    /// Hardening of the webhook port: timeouts, limits, TLS, allowed networks.
+    #[serde(default)]
+    pub http: RawHttp,
+}
+
+/// Hardening of the webhook port.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// How long a client may take to send the request line and headers (also the keep-alive idle
+    /// limit between requests). Slow clients are cut off.
+    #[serde(default = "default_header_read_timeout", deserialize_with = "duration")]
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send the body once the headers arrived (answered 408).
+    #[serde(default = "default_body_read_timeout", deserialize_with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Requests handled at once; more are answered 503 at once, so memory stays bounded
+    /// (at most this many bodies of `max_body_bytes`).
+    #[serde(default = "default_max_concurrent_requests")]
+    pub max_concurrent_requests: usize,
+    /// Largest request head (request line and headers) accepted; larger is answered 431.
+    /// At least 8192.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: usize,
+    /// Serve HTTPS on the webhook port with these PEM files (reloaded when they change).
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+    /// CIDRs allowed to call the webhook port (for example Stripe's published webhook IPs);
+    /// empty allows every address. Others get 403.
+    #[serde(default)]
+    pub allow_networks: Vec<String>,
+    /// Header carrying the client address when behind a proxy, e.g. `x-forwarded-for`; read only
+    /// on connections from `trusted_proxies`. Empty: the TCP peer address is the client.
+    #[serde(default)]
+    pub client_ip_header: String,
+    /// CIDRs of proxies whose `client_ip_header` is believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+}
+
+impl Default for RawHttp {
+    fn default() -> Self {
+        RawHttp {
+            header_read_timeout: default_header_read_timeout(),
+            body_read_timeout: default_body_read_timeout(),
+            max_concurrent_requests: default_max_concurrent_requests(),
+            max_header_bytes: default_max_header_bytes(),
+            tls: None,
+            allow_networks: Vec::new(),
+            client_ip_header: String::new(),
+            trusted_proxies: Vec::new(),
+        }
+    }
+}
+
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_body_read_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_concurrent_requests() -> usize {
+    512
+}
+fn default_max_header_bytes() -> usize {
+    16 * 1024
+}
+
+/// TLS certificate and key for the webhook port.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: std::path::PathBuf,
 }
 
 fn default_listen() -> String {

@@ -35,7 +35,7 @@ struct SinkHealth {
     error: Option<String>,
 }
 
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, _peer: std::net::SocketAddr) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut resp = json(
             StatusCode::METHOD_NOT_ALLOWED,

@@ -2,11 +2,14 @@
 //! one place that turns outcomes into responses.
 
 pub mod admin;
+pub mod client_ip;
 pub mod response;
+pub mod tls;
 pub mod webhook;
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,24 +20,44 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
-/// How long a client may take to send its request headers.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How a listener serves its connections.
+#[derive(Clone)]
+pub struct ServeOptions {
+    /// How long a client may take to send a request head (and to start the next one on a
+    /// keep-alive connection); also bounds the TLS handshake.
+    pub header_read_timeout: Duration,
+    /// Largest request head accepted (hyper answers 431 beyond it).
+    pub max_header_bytes: usize,
+    pub tls: Option<TlsAcceptor>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        ServeOptions {
+            header_read_timeout: Duration::from_secs(10),
+            max_header_bytes: 16 * 1024,
+            tls: None,
+        }
+    }
+}
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown` resolves; then stops accepting,
 /// lets requests in flight finish, and returns once every connection closed.
-pub async fn serve<H, F>(listener: TcpListener, handler: H, shutdown: impl Future<Output = ()>)
+pub async fn serve<H, F>(listener: TcpListener, handler: H, options: ServeOptions, shutdown: impl Future<Output = ()>)
 where
-    H: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
+    let graceful = Arc::new(GracefulShutdown::new());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (stream, _peer) = match accepted {
+                let (stream, peer) = match accepted {
                     Ok(conn) => conn,
                     Err(e) => {
                         // Out of file descriptors and the like: back off instead of spinning.
@@ -45,17 +68,18 @@ where
                 };
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let handler = handler.clone();
-                    async move { Ok::<_, Infallible>(handler(req).await) }
-                });
-                let mut builder = hyper::server::conn::http1::Builder::new();
-                builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
+                let options = options.clone();
+                let graceful = graceful.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
+                    match &options.tls {
+                        None => serve_connection(stream, peer, handler, &options, graceful).await,
+                        Some(acceptor) => {
+                            match tokio::time::timeout(options.header_read_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => serve_connection(tls, peer, handler, &options, graceful).await,
+                                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                            }
+                        }
                     }
                 });
             }
@@ -63,15 +87,57 @@ where
         }
     }
     drop(listener);
+    // Connection tasks let go of `graceful` once their connection is watched; only TLS handshakes
+    // in progress (bounded by the header timeout) may still hold it for a moment.
+    let mut graceful = graceful;
+    let graceful = loop {
+        match Arc::try_unwrap(graceful) {
+            Ok(g) => break g,
+            Err(g) => {
+                graceful = g;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
     graceful.shutdown().await;
 }
 
+async fn serve_connection<S, H, F>(
+    stream: S,
+    peer: SocketAddr,
+    handler: H,
+    options: &ServeOptions,
+    graceful: Arc<GracefulShutdown>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let fut = handler(req, peer);
+        async move { Ok::<_, Infallible>(fut.await) }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(options.max_header_bytes.max(8192));
+    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+    drop(graceful);
+    if let Err(e) = conn.await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
 /// Wraps a state and a handler function into the `Clone` closure [`serve`] wants.
-pub fn handler<S, F, Fut>(state: Arc<S>, f: F) -> impl Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static
+pub fn handler<S, F, Fut>(
+    state: Arc<S>,
+    f: F,
+) -> impl Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static
 where
     S: Send + Sync + 'static,
-    F: Fn(Arc<S>, Request<Incoming>) -> Fut + Copy + Send + Sync + 'static,
+    F: Fn(Arc<S>, Request<Incoming>, SocketAddr) -> Fut + Copy + Send + Sync + 'static,
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    move |req| f(state.clone(), req)
+    move |req, peer| f(state.clone(), req, peer)
 }

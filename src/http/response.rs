@@ -15,11 +15,15 @@ use crate::verify::VerifyError;
 /// Why a webhook request was not answered 200.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rejection {
+    /// The client address is outside `http.allow_networks`.
+    Forbidden,
     NotFound,
     MethodNotAllowed,
     PayloadTooLarge {
         limit: u64,
     },
+    /// The body did not arrive within `http.body_read_timeout`.
+    BodyTimeout,
     BadBody(String),
     Signature(VerifyError),
     Event(EventError),
@@ -35,6 +39,8 @@ pub enum Rejection {
 impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
+            Rejection::Forbidden => StatusCode::FORBIDDEN,
+            Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
@@ -54,6 +60,8 @@ impl Rejection {
     /// Machine-readable code, also the `reason` label of `hookbridge_rejected_total`.
     pub fn code(&self) -> &'static str {
         match self {
+            Rejection::Forbidden => "forbidden",
+            Rejection::BodyTimeout => "body_timeout",
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed => "method_not_allowed",
             Rejection::PayloadTooLarge { .. } => "payload_too_large",
@@ -74,6 +82,8 @@ impl Rejection {
 
     pub fn message(&self) -> String {
         match self {
+            Rejection::Forbidden => "this address may not call the webhook port".into(),
+            Rejection::BodyTimeout => "the request body did not arrive in time".into(),
             Rejection::NotFound => "no webhook endpoint at this path".into(),
             Rejection::MethodNotAllowed => "webhook endpoints accept POST only".into(),
             Rejection::PayloadTooLarge { limit } => format!("the body is larger than {limit} bytes"),

@@ -3,6 +3,7 @@
 //! endpoint lookup → method → body (limit enforced while reading) → verify → metadata →
 //! dedup → route → publish to every target concurrently → worst outcome wins → answer.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use super::client_ip::{allowed, client_ip};
 use super::response::{received, Rejection};
 use crate::app::{Live, State};
 use crate::event::EventMeta;
@@ -29,14 +31,24 @@ struct Outcome {
 }
 
 /// Handles one request on the webhook port.
-pub async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
     let start = Instant::now();
     let live = state.live();
+    let client = client_ip(peer.ip(), req.headers(), &live.http);
+    if !allowed(client, &live.http) {
+        tracing::warn!(%client, "refused: address outside http.allow_networks");
+        return finish(&state, &live, "", start, Err(Rejection::Forbidden), Outcome::empty());
+    }
     let path = req.uri().path().to_string();
     let Some(endpoint) = live.endpoints.get(path.as_str()) else {
         return finish(&state, &live, "", start, Err(Rejection::NotFound), Outcome::empty());
     };
     let endpoint_path = endpoint.path.clone();
+    // The cap on requests in flight: beyond it, answer at once rather than queue bodies in memory.
+    let Ok(_permit) = state.limiter.try_acquire() else {
+        let busy = Rejection::Unavailable("too many requests in flight; retry later".into());
+        return finish(&state, &live, &endpoint_path, start, Err(busy), Outcome::empty());
+    };
     state.metrics.in_flight.inc();
     let mut outcome = Outcome::empty();
     let result = process(&state, &live, endpoint, req, start, &mut outcome).await;
@@ -75,10 +87,15 @@ async fn process(
         return Err(Rejection::PayloadTooLarge { limit });
     }
     let signature = req.headers().get("stripe-signature").cloned();
-    let body = match Limited::new(req.into_body(), limit as usize).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => return Err(Rejection::PayloadTooLarge { limit }),
-        Err(_) => return Err(Rejection::BadBody("the request body could not be read".into())),
+    let read = tokio::time::timeout(
+        live.http.body_read_timeout,
+        Limited::new(req.into_body(), limit as usize).collect(),
+    );
+    let body = match read.await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(Rejection::PayloadTooLarge { limit }),
+        Ok(Err(_)) => return Err(Rejection::BadBody("the request body could not be read".into())),
+        Err(_) => return Err(Rejection::BodyTimeout),
     };
 
     let verifier = endpoint.verifier.load();

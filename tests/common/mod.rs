@@ -43,7 +43,7 @@ pub async fn spawn(yaml: &str) -> Running {
 /// Starts a bridge from YAML with the given sinks (in the order of the config's sorted sink names).
 pub async fn spawn_with(yaml: &str, sinks: Vec<Arc<dyn Sink>>) -> Running {
     let (w, a) = listeners().await;
-    app::start_with(settings(yaml), sinks, w, a, Arc::new(SystemClock))
+    app::start_with(settings(yaml), sinks, w, a, Arc::new(SystemClock)).expect("bridge starts")
 }
 
 /// A `Stripe-Signature` for `body` signed now with `secret`.

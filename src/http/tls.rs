@@ -1,0 +1,107 @@
+//! Optional TLS on the webhook port: PEM certificate and key, swapped in place when the files
+//! change so that a renewed certificate needs no restart.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+/// Reads a PEM certificate chain and private key into a key rustls can serve.
+pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let (cert_pem, key_pem) = read_pair(cert_file, key_file)?;
+    certified_key(&cert_pem, &key_pem, cert_file, key_file)
+}
+
+fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {}", p.display(), crate::config::secret::io_reason(&e)))
+    };
+    Ok((read(cert_file)?, read(key_file)?))
+}
+
+fn certified_key(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_file: &Path,
+    key_file: &Path,
+) -> Result<Arc<CertifiedKey>, String> {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("{} is not a PEM certificate chain", cert_file.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{} holds no certificate", cert_file.display()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|_| format!("{} is not a PEM private key", key_file.display()))?;
+    let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|_| format!("the key in {} is of an unsupported type", key_file.display()))?;
+    Ok(Arc::new(CertifiedKey::new(certs, signing_key)))
+}
+
+/// Serves the current certificate; [`ReloadingCert::reload_if_changed`] swaps in a new one.
+pub struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    /// The file contents last loaded, to notice changes (Kubernetes swaps files through symlinks,
+    /// so timestamps alone are not reliable).
+    loaded: Mutex<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for ReloadingCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReloadingCert")
+            .field("cert_file", &self.cert_file)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ReloadingCert {
+    pub fn new(cert_file: &Path, key_file: &Path) -> Result<Self, String> {
+        let (cert_pem, key_pem) = read_pair(cert_file, key_file)?;
+        let key = certified_key(&cert_pem, &key_pem, cert_file, key_file)?;
+        Ok(ReloadingCert {
+            cert_file: cert_file.to_path_buf(),
+            key_file: key_file.to_path_buf(),
+            current: ArcSwap::new(key),
+            loaded: Mutex::new((cert_pem, key_pem)),
+        })
+    }
+
+    /// Re-reads the files; swaps the certificate when they changed and are valid. Returns whether
+    /// it swapped. An invalid new pair keeps the old certificate and is reported as an error.
+    pub fn reload_if_changed(&self) -> Result<bool, String> {
+        let (cert_pem, key_pem) = read_pair(&self.cert_file, &self.key_file)?;
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        if loaded.0 == cert_pem && loaded.1 == key_pem {
+            return Ok(false);
+        }
+        let key = certified_key(&cert_pem, &key_pem, &self.cert_file, &self.key_file)?;
+        self.current.store(key);
+        *loaded = (cert_pem, key_pem);
+        Ok(true)
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// A TLS acceptor (TLS 1.2 and 1.3, HTTP/1.1) serving the resolver's current certificate.
+pub fn acceptor(resolver: Arc<ReloadingCert>) -> Result<TlsAcceptor, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .with_no_client_auth()
+        .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}
