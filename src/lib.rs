@@ -14,8 +14,10 @@
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: wiring, serving and graceful shutdown.
 //! - [`client`]: the HTTP client behind `hookbridge send`.
+//! - [`bench`]: the load generator behind `hookbridge bench`.
 
 pub mod app;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod dedup;
