@@ -1,0 +1,231 @@
+//! The Kafka ceiling for `bench/run.sh`: what a producer alone achieves with the bridge's exact
+//! settings, keeping N messages in flight, each awaiting its own delivery report — what the
+//! bridge does per request, minus HTTP and verification.
+//!
+//! The producer properties come from the same config file the bridge is run with
+//! (`KafkaSinkConfig::properties`: idempotent, `acks=all`, the same linger, timeouts and
+//! options), and each record carries the same key, headers and bodies (the fixtures, padded like
+//! `hookbridge bench --size`).
+//!
+//! ```text
+//! cargo run --release --example kafka_ceiling -- --config bench/configs/kafka.yaml \
+//!     --topic hookbridge.bench --in-flight 64 --duration 10s --size 4096 --json
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hookbridge::bench::body::{run_tag, Bodies};
+use hookbridge::bench::report::{self, Latency};
+use hookbridge::config::{self, RawSink};
+use hookbridge::event::EventMeta;
+use hookbridge::sink::Envelope;
+use rdkafka::config::ClientConfig;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+#[derive(Parser)]
+struct Args {
+    /// The bridge config whose Kafka sink settings to use.
+    #[arg(long)]
+    config: PathBuf,
+    /// The sink's name in that config (default: its only kafka sink).
+    #[arg(long)]
+    sink: Option<String>,
+    #[arg(long, default_value = "hookbridge.bench")]
+    topic: String,
+    /// Messages in flight, each awaiting its own delivery report.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "tests/fixtures")]
+    fixtures: PathBuf,
+    #[arg(long, value_parser = hookbridge::bench::parse_size)]
+    size: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Result_ {
+    tool: &'static str,
+    in_flight: usize,
+    duration_s: f64,
+    messages: u64,
+    messages_per_sec: f64,
+    body_bytes: f64,
+    latency_ms: Latency,
+    errors: u64,
+    properties: std::collections::BTreeMap<String, String>,
+}
+
+struct Tally {
+    hist: hdrhistogram::Histogram<u64>,
+    ok: u64,
+    errors: u64,
+    last: Option<Instant>,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let settings = config::load(&args.config).unwrap_or_else(|e| {
+        eprintln!("kafka_ceiling: {e}");
+        std::process::exit(2)
+    });
+    let kafka = settings
+        .sinks
+        .iter()
+        .find_map(|s| match &s.config {
+            RawSink::Kafka(k) if args.sink.as_ref().is_none_or(|n| *n == s.name) => Some(k.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            eprintln!("kafka_ceiling: no kafka sink in {}", args.config.display());
+            std::process::exit(2)
+        });
+    let properties = kafka.properties(settings.ack_timeout);
+    let mut cc = ClientConfig::new();
+    for (k, v) in &properties {
+        cc.set(k, v);
+    }
+    let producer: FutureProducer = cc.create().unwrap();
+    let queue_timeout = kafka.timings(settings.ack_timeout).queue_timeout;
+
+    let bodies = Bodies::load(&args.fixtures, args.size, run_tag(std::process::id() as u64 ^ 0x6b61)).unwrap();
+    // Metadata and a signature header per fixture, computed once: the ceiling does producer work only.
+    let envelopes: Vec<Envelope> = (0..bodies.templates().len() as u64)
+        .map(|i| {
+            let (_, body) = bodies.make(i);
+            let meta = EventMeta::parse(&body).unwrap();
+            let signature = hookbridge::verify::sign(b"whsec_ceiling", hookbridge::verify::unix_now(), &body);
+            Envelope {
+                payload: body,
+                meta,
+                signature,
+            }
+        })
+        .collect();
+    let shared = Arc::new((producer, bodies, envelopes, args.topic.clone()));
+
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.in_flight {
+        let shared = shared.clone();
+        let seq = seq.clone();
+        tasks.push(tokio::spawn(async move {
+            let (producer, bodies, envelopes, topic) = &*shared;
+            let mut t = Tally {
+                hist: report::new_histogram(),
+                ok: 0,
+                errors: 0,
+                last: None,
+            };
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let i = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let (_, body) = bodies.make(i);
+                let template = &envelopes[(i % envelopes.len() as u64) as usize];
+                let id = std::str::from_utf8(&body[..]).ok().and_then(id_of).unwrap_or_default();
+                let headers =
+                    template
+                        .headers()
+                        .into_iter()
+                        .fold(OwnedHeaders::new_with_capacity(7), |h, (key, value)| {
+                            let value = if key == "stripe-event-id" { id } else { value };
+                            h.insert(Header {
+                                key,
+                                value: Some(value),
+                            })
+                        });
+                let mut record = FutureRecord::to(topic)
+                    .key(template.key())
+                    .payload(&body[..])
+                    .headers(headers);
+                let queue_deadline = sent + queue_timeout;
+                let delivery = loop {
+                    match producer.send_result(record) {
+                        Ok(d) => break Some(d),
+                        Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
+                            if Instant::now() < queue_deadline =>
+                        {
+                            record = r;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                        Err(_) => break None,
+                    }
+                };
+                let ok = match delivery {
+                    Some(d) => matches!(d.await, Ok(Ok(_))),
+                    None => false,
+                };
+                let done = Instant::now();
+                if sent >= measure_from {
+                    if ok {
+                        report::record(&mut t.hist, done - sent);
+                        t.ok += 1;
+                    } else {
+                        t.errors += 1;
+                    }
+                    t.last = Some(done);
+                }
+            }
+            t
+        }));
+    }
+    let mut hist = report::new_histogram();
+    let (mut ok, mut errors, mut last) = (0, 0, None);
+    for task in tasks {
+        let t = task.await.unwrap();
+        hist.add(&t.hist).unwrap();
+        ok += t.ok;
+        errors += t.errors;
+        last = last.max(t.last);
+    }
+    let window = last.map(|l: Instant| l - measure_from).unwrap_or(args.duration);
+    let r = Result_ {
+        tool: "kafka_ceiling",
+        in_flight: args.in_flight,
+        duration_s: window.as_secs_f64(),
+        messages: ok,
+        messages_per_sec: ok as f64 / window.as_secs_f64(),
+        body_bytes: shared.1.mean_len(),
+        latency_ms: Latency::from_histogram(&hist),
+        errors,
+        properties,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
+    } else {
+        println!(
+            "kafka ceiling, {} in flight: {} messages in {:.2} s = {:.1} msg/s, errors {}\nlatency {}",
+            r.in_flight,
+            r.messages,
+            r.duration_s,
+            r.messages_per_sec,
+            r.errors,
+            r.latency_ms.line()
+        );
+    }
+}
+
+/// The generated event id inside a body: the first `"evt_…"` string.
+fn id_of(body: &str) -> Option<&str> {
+    let at = body.find("\"evt_")? + 1;
+    let len = body[at..].find('"')?;
+    Some(&body[at..at + len])
+}
