@@ -25,7 +25,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for tool in cargo java mvn node npm python3; do
+for tool in cargo go java mvn node npm python3; do
   command -v "$tool" >/dev/null || { log "missing $tool: install it first (see README)"; exit 1; }
 done
 
@@ -35,4 +35,6 @@ log "RabbitMQ server"
 "$here/deploy/local/rabbitmq.sh" install
 log "Stripe SDKs"
 "$here/deploy/local/stripe-sdk.sh"
+log "Helm (tests/deploy.rs renders the chart with it)"
+"$here/deploy/helm/install-helm.sh" >/dev/null
 log "done"
