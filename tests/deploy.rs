@@ -273,7 +273,7 @@ fn check(m: &Manifests) -> Report {
         }
         check_replicas(m, deployment, &name, &mut r);
         check_services(m, &name, &pod, &pod_labels, &mut r);
-        check_policies(m, &name, &pod_labels, &mut r);
+        check_policies(m, &name, &pod, &pod_labels, &mut r);
     }
     r
 }
@@ -629,7 +629,7 @@ fn check_services(m: &Manifests, name: &str, pod: &Value, labels: &Value, r: &mu
 }
 
 /// PodDisruptionBudgets and NetworkPolicies select these pods and name real ports.
-fn check_policies(m: &Manifests, name: &str, labels: &Value, r: &mut Report) {
+fn check_policies(m: &Manifests, name: &str, pod: &Value, labels: &Value, r: &mut Report) {
     for pdb in m.of_kind("PodDisruptionBudget") {
         let selector = at(pdb, "spec.selector.matchLabels").cloned().unwrap_or(json!({}));
         if !labels_match(&selector, labels) {
@@ -646,6 +646,19 @@ fn check_policies(m: &Manifests, name: &str, labels: &Value, r: &mut Report) {
                 "NetworkPolicy {:?} does not select Deployment {name}'s pods",
                 str_at(np, "metadata.name")
             ));
+            continue;
+        }
+        // Ingress rules name the pods' ports; a misspelt name silently opens nothing.
+        for rule in list_at(np, "spec.ingress") {
+            for port in list_at(rule, "ports") {
+                let Some(p) = port.get("port") else { continue };
+                if resolve_port(list_at(pod, "containers"), p).is_none() {
+                    r.problem(format!(
+                        "NetworkPolicy {:?}: port {p} is not a port of Deployment {name}",
+                        str_at(np, "metadata.name")
+                    ));
+                }
+            }
         }
     }
 }
@@ -1066,4 +1079,10 @@ fn the_checks_catch_each_kind_of_mistake() {
         }
     })
     .assert_mentions("not hookbridge's webhook port");
+    mutated(&|d| {
+        if d["kind"] == "NetworkPolicy" {
+            d["spec"]["ingress"][1]["ports"][0]["port"] = json!("metrics");
+        }
+    })
+    .assert_mentions("port \"metrics\" is not a port");
 }
