@@ -1,0 +1,558 @@
+//! Operating behaviour: secret rotation without restart, SIGHUP reload, slow clients, the
+//! concurrency cap, TLS, and the source allow-list.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use common::*;
+use hookbridge::sink::memory::{Behaviour, MemorySink};
+use hookbridge::sink::Sink;
+use http::{Method, StatusCode};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ROUTE_ALL: &str =
+    "sinks:\n  mem:\n    kind: discard\nroutes:\n  - match: \"*\"\n    to:\n      - { sink: mem, topic: t }\n";
+
+/// Replaces a file the way Kubernetes updates a mounted Secret: write aside, then rename.
+fn replace_file(path: &Path, content: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+async fn post_with(addr: std::net::SocketAddr, secret: &str, id: &str) -> StatusCode {
+    let body = event(id, "invoice.paid");
+    let sig = sign(secret, &body);
+    request(addr, Method::POST, PATH, &[("stripe-signature", &sig)], body)
+        .await
+        .status
+}
+
+#[tokio::test]
+async fn a_rotated_secret_file_is_used_without_restart_while_requests_keep_flowing() {
+    let dir = tempfile::tempdir().unwrap();
+    let current = dir.path().join("current");
+    let previous = dir.path().join("previous");
+    std::fs::write(&current, "whsec_old\n").unwrap();
+    std::fs::write(&previous, "whsec_old\n").unwrap();
+    let yaml = yaml(ROUTE_ALL).replace(
+        &format!("      - value: {SECRET}"),
+        &format!(
+            "      - file: {}\n      - file: {}",
+            current.display(),
+            previous.display()
+        ),
+    );
+    let mem = MemorySink::new("mem");
+    let bridge = spawn_with(&yaml, vec![Arc::new(mem.clone()) as Arc<dyn Sink>]).await;
+    let addr = bridge.webhook_addr;
+
+    // Requests signed with the old secret keep flowing throughout the rotation.
+    let flowing = tokio::spawn(async move {
+        let mut statuses = Vec::new();
+        for i in 0..60 {
+            statuses.push(post_with(addr, "whsec_old", &format!("evt_flow{i}")).await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        statuses
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(post_with(addr, "whsec_new", "evt_new0").await, StatusCode::BAD_REQUEST);
+    // Rotation as the runbook says: the old secret moves to `previous`, the new one to `current`.
+    replace_file(&current, "whsec_new\n");
+    let started = Instant::now();
+    let mut n = 1;
+    loop {
+        if post_with(addr, "whsec_new", &format!("evt_new{n}")).await == StatusCode::OK {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "the new secret was not picked up"
+        );
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let statuses = flowing.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    // Once Stripe no longer signs with it, the old secret is removed from `previous`.
+    replace_file(&previous, "whsec_new\n");
+    let started = Instant::now();
+    while post_with(addr, "whsec_old", &format!("evt_gone{}", started.elapsed().as_millis())).await == StatusCode::OK {
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "the old secret was never dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_secret_file_that_disappears_keeps_the_current_secrets() {
+    let dir = tempfile::tempdir().unwrap();
+    let current = dir.path().join("current");
+    std::fs::write(&current, SECRET).unwrap();
+    let yaml = yaml(ROUTE_ALL).replace(
+        &format!("      - value: {SECRET}"),
+        &format!("      - file: {}", current.display()),
+    );
+    let bridge = spawn_with(&yaml, vec![Arc::new(MemorySink::new("mem")) as Arc<dyn Sink>]).await;
+    std::fs::remove_file(&current).unwrap();
+    tokio::time::sleep(hookbridge::app::FILE_POLL_INTERVAL + Duration::from_millis(500)).await;
+    assert_eq!(
+        post_with(bridge.webhook_addr, SECRET, "evt_still").await,
+        StatusCode::OK
+    );
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_slow_client_sending_headers_byte_by_byte_is_cut_off() {
+    let yaml = format!("{}http:\n  header_read_timeout: 1s\n", yaml(ROUTE_ALL));
+    let bridge = spawn_with(&yaml, vec![Arc::new(MemorySink::new("mem")) as Arc<dyn Sink>]).await;
+    let mut s = tokio::net::TcpStream::connect(bridge.webhook_addr).await.unwrap();
+    let started = Instant::now();
+    let head = b"POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\nx-slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let mut cut_off = None;
+    for byte in head {
+        if s.write_all(&[*byte]).await.is_err() {
+            cut_off = Some(started.elapsed());
+            break;
+        }
+        // A closed connection shows as EOF (or a 408) on read.
+        let mut buf = [0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(500), s.read(&mut buf)).await {
+            if n == 0 || buf.starts_with(b"HTTP/1.1 408") {
+                cut_off = Some(started.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if started.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+    }
+    let after = cut_off.expect("the slow client was never cut off");
+    assert!(after < Duration::from_secs(4), "cut off only after {after:?}");
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408() {
+    let yaml = format!("{}http:\n  body_read_timeout: 500ms\n", yaml(ROUTE_ALL));
+    let bridge = spawn_with(&yaml, vec![Arc::new(MemorySink::new("mem")) as Arc<dyn Sink>]).await;
+    let mut s = tokio::net::TcpStream::connect(bridge.webhook_addr).await.unwrap();
+    s.write_all(b"POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\nstripe-signature: t=1,v1=00\r\ncontent-length: 100\r\n\r\n{\"id\"")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_headers_are_refused() {
+    let bridge = spawn_with(
+        &yaml(ROUTE_ALL),
+        vec![Arc::new(MemorySink::new("mem")) as Arc<dyn Sink>],
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(bridge.webhook_addr).await.unwrap();
+    let big = "a".repeat(64 * 1024);
+    let _ = s
+        .write_all(format!("POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes())
+        .await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_concurrency_cap_answers_503_to_a_burst() {
+    let yaml = format!("{}http:\n  max_concurrent_requests: 4\n", yaml(ROUTE_ALL));
+    let mem = MemorySink::new("mem");
+    mem.set_behaviour(Behaviour::Delay(Duration::from_millis(800)));
+    let bridge = spawn_with(&yaml, vec![Arc::new(mem.clone()) as Arc<dyn Sink>]).await;
+    let addr = bridge.webhook_addr;
+    let burst: Vec<_> = (0..20)
+        .map(|i| tokio::spawn(async move { post_signed(addr, event(&format!("evt_burst{i}"), "invoice.paid")).await }))
+        .collect();
+    let mut ok = 0;
+    let mut busy = 0;
+    for task in burst {
+        let a = task.await.unwrap();
+        match a.status {
+            StatusCode::OK => ok += 1,
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert!(a.headers.contains_key("retry-after"));
+                assert_eq!(a.error_code(), "unavailable");
+                busy += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(ok, 4, "exactly the cap is served");
+    assert_eq!(busy, 16);
+    assert_eq!(mem.records().len(), 4);
+    bridge.shutdown().await;
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Like `post_signed`, but a connection error is `None` instead of a panic.
+async fn try_post(addr: std::net::SocketAddr, body: Bytes) -> Option<StatusCode> {
+    let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .ok()?;
+    tokio::spawn(conn);
+    let req = http::Request::post(PATH)
+        .header("host", "x")
+        .header("stripe-signature", sign(SECRET, &body))
+        .body(http_body_util::Full::new(body))
+        .ok()?;
+    Some(sender.send_request(req).await.ok()?.status())
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Starts `hookbridge serve` with the given YAML (ports filled in); returns the child and ports.
+fn serve_binary(dir: &tempfile::TempDir, yaml_text: &str) -> (std::process::Child, u16, u16, std::path::PathBuf) {
+    let (webhook, admin) = (free_port(), free_port());
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(
+        &cfg,
+        yaml_text
+            .replace(
+                "admin_listen: \"127.0.0.1:0\"",
+                &format!("admin_listen: \"127.0.0.1:{admin}\""),
+            )
+            .replacen(
+                "listen: \"127.0.0.1:0\"",
+                &format!("listen: \"127.0.0.1:{webhook}\""),
+                1,
+            ),
+    )
+    .unwrap();
+    let child = Command::new(bin())
+        .args(["serve", "--config", cfg.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(Instant::now() < deadline, "the bridge did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, webhook, admin, cfg)
+}
+
+#[tokio::test]
+async fn memory_stays_bounded_under_a_burst_of_large_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml_text = format!(
+        "{}http:\n  max_concurrent_requests: 8\n",
+        yaml("sinks:\n  slow:\n    kind: discard\n    delay: 1500ms\nroutes:\n  - match: \"*\"\n    to:\n      - { sink: slow, topic: t }\n")
+    );
+    let (mut child, webhook, _admin, _) = serve_binary(&dir, &yaml_text);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{webhook}").parse().unwrap();
+    let before = vm_hwm_kib(child.id());
+    // 200 clients each sending a ~1 MB signed event at once: without the cap, the bridge would
+    // hold about 200 MB of bodies while the sink is slow.
+    let pad = "x".repeat(1_000_000);
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let body = Bytes::from(format!(r#"{{"id":"evt_mem{i}","type":"invoice.paid","pad":"{pad}"}}"#));
+            tokio::spawn(async move { try_post(addr, body).await })
+        })
+        .collect();
+    let mut busy = 0;
+    for t in tasks {
+        // Refused at once: a 503, or the connection closed while the client was still sending
+        // the body it was told not to send.
+        if t.await.unwrap() != Some(StatusCode::OK) {
+            busy += 1;
+        }
+    }
+    let grown_mib = (vm_hwm_kib(child.id()).saturating_sub(before)) / 1024;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(busy > 0, "the cap never answered 503");
+    assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
+}
+
+fn openssl_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = dir.join(format!("{name}.crt"));
+    let key = dir.join(format!("{name}.key"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "1",
+        ])
+        .args([
+            "-subj",
+            &format!("/CN={name}"),
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ])
+        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl is installed");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    (cert, key)
+}
+
+/// Posts over TLS trusting only `ca`; returns the status and the server certificate's DER.
+async fn tls_post(addr: std::net::SocketAddr, trusted: &[&Path], body: Bytes) -> (StatusCode, Vec<u8>) {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in trusted {
+        for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+            roots.add(cert.unwrap()).unwrap();
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let server_cert = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let sig = sign(SECRET, &body);
+    let req = http::Request::post(PATH)
+        .header("host", "localhost")
+        .header("stripe-signature", sig)
+        .body(http_body_util::Full::new(body))
+        .unwrap();
+    let resp = sender.send_request(req).await.unwrap();
+    (resp.status(), server_cert)
+}
+
+#[tokio::test]
+async fn tls_serves_with_a_certificate_and_picks_up_a_renewed_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, key_a) = openssl_cert(dir.path(), "a");
+    let (cert_b, key_b) = openssl_cert(dir.path(), "b");
+    let cert = dir.path().join("tls.crt");
+    let key = dir.path().join("tls.key");
+    std::fs::copy(&cert_a, &cert).unwrap();
+    std::fs::copy(&key_a, &key).unwrap();
+    let yaml = format!(
+        "{}http:\n  tls:\n    cert_file: {}\n    key_file: {}\n",
+        yaml(ROUTE_ALL),
+        cert.display(),
+        key.display()
+    );
+    let bridge = spawn_with(&yaml, vec![Arc::new(MemorySink::new("mem")) as Arc<dyn Sink>]).await;
+    let (status, served) = tls_post(bridge.webhook_addr, &[&cert_a], event("evt_tls", "invoice.paid")).await;
+    assert_eq!(status, StatusCode::OK);
+    // Plain HTTP on the TLS port does not get a webhook through.
+    let mut plain = tokio::net::TcpStream::connect(bridge.webhook_addr).await.unwrap();
+    plain
+        .write_all(b"POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), plain.read_to_end(&mut out)).await;
+    assert!(!String::from_utf8_lossy(&out).contains("200 OK"));
+
+    // Renewal: new files, same paths; new connections get the new certificate.
+    std::fs::copy(&key_b, &key).unwrap();
+    std::fs::copy(&cert_b, &cert).unwrap();
+    let started = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let (status, now_served) = tls_post(
+            bridge.webhook_addr,
+            &[&cert_a, &cert_b],
+            event("evt_tls2", "invoice.paid"),
+        )
+        .await;
+        if now_served != served {
+            assert_eq!(status, StatusCode::OK);
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the renewed certificate was not picked up"
+        );
+    }
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_request_from_outside_the_allow_list_is_refused() {
+    let yaml_closed = format!("{}http:\n  allow_networks: [\"192.0.2.0/24\"]\n", yaml(ROUTE_ALL));
+    let mem = MemorySink::new("mem");
+    let bridge = spawn_with(&yaml_closed, vec![Arc::new(mem.clone()) as Arc<dyn Sink>]).await;
+    let a = post_signed(bridge.webhook_addr, event("evt_deny", "invoice.paid")).await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert_eq!(a.error_code(), "forbidden");
+    // A client cannot talk its way in with a forwarded-for header nobody trusts.
+    let body = event("evt_deny2", "invoice.paid");
+    let sig = sign(SECRET, &body);
+    let a = request(
+        bridge.webhook_addr,
+        Method::POST,
+        PATH,
+        &[("stripe-signature", &sig), ("x-forwarded-for", "192.0.2.7")],
+        body,
+    )
+    .await;
+    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    assert!(mem.records().is_empty());
+    bridge.shutdown().await;
+
+    // Behind a trusted proxy (here: loopback), the header decides.
+    let yaml_proxy = format!(
+        "{}http:\n  allow_networks: [\"192.0.2.0/24\"]\n  client_ip_header: X-Forwarded-For\n  trusted_proxies: [\"127.0.0.1\"]\n",
+        yaml(ROUTE_ALL)
+    );
+    let bridge = spawn_with(&yaml_proxy, vec![Arc::new(mem.clone()) as Arc<dyn Sink>]).await;
+    for (xff, want) in [
+        ("192.0.2.7", StatusCode::OK),
+        ("198.51.100.1", StatusCode::FORBIDDEN),
+        ("192.0.2.7, 198.51.100.1", StatusCode::FORBIDDEN),
+    ] {
+        let body = event(&format!("evt_px{}", xff.len()), "invoice.paid");
+        let sig = sign(SECRET, &body);
+        let a = request(
+            bridge.webhook_addr,
+            Method::POST,
+            PATH,
+            &[("stripe-signature", &sig), ("x-forwarded-for", xff)],
+            body,
+        )
+        .await;
+        assert_eq!(a.status, want, "{xff}");
+    }
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let yaml_for = |topic: &str| {
+        yaml(&format!(
+            "sinks:\n  local:\n    kind: file\n    path: {}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: local, topic: \"{topic}\" }}\n",
+            out.display()
+        ))
+    };
+    let (mut child, webhook, _admin, cfg) = serve_binary(&dir, &yaml_for("first"));
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{webhook}").parse().unwrap();
+    let hup = |pid: u32| {
+        assert!(Command::new("kill")
+            .args(["-HUP", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success())
+    };
+    let ports = |text: String| {
+        let original = std::fs::read_to_string(&cfg).unwrap();
+        let listen = original.lines().find(|l| l.starts_with("listen:")).unwrap().to_string();
+        let admin = original
+            .lines()
+            .find(|l| l.starts_with("admin_listen:"))
+            .unwrap()
+            .to_string();
+        text.replace("admin_listen: \"127.0.0.1:0\"", &admin)
+            .replacen("listen: \"127.0.0.1:0\"", &listen, 1)
+    };
+
+    assert_eq!(
+        post_signed(addr, event("evt_h1", "invoice.paid")).await.status,
+        StatusCode::OK
+    );
+    // A broken config: the bridge keeps serving with the old one.
+    std::fs::write(&cfg, ports(yaml_for("second").replace("kind: file", "kind: nonsense"))).unwrap();
+    hup(child.id());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        post_signed(addr, event("evt_h2", "invoice.paid")).await.status,
+        StatusCode::OK
+    );
+    // A valid one: the new route applies without a restart.
+    std::fs::write(&cfg, ports(yaml_for("second"))).unwrap();
+    hup(child.id());
+    let started = Instant::now();
+    let mut i = 3;
+    loop {
+        assert_eq!(
+            post_signed(addr, event(&format!("evt_h{i}"), "invoice.paid"))
+                .await
+                .status,
+            StatusCode::OK
+        );
+        let text = std::fs::read_to_string(&out).unwrap();
+        if text.lines().last().unwrap().contains("\"destination\":\"second\"") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the reload never applied:\n{text}"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let text = std::fs::read_to_string(&out).unwrap();
+    let destinations: Vec<_> = text.lines().map(|l| l.contains("\"destination\":\"first\"")).collect();
+    assert!(destinations[0] && destinations[1], "{text}");
+    assert!(Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success());
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let mut logs = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
+    assert!(logs.contains("config reload refused"), "{logs}");
+    assert!(logs.contains("config reloaded"), "{logs}");
+}
