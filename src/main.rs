@@ -273,6 +273,7 @@ fn init_tracing(settings: &Settings) {
     let filter = filter.add_directive("lapin::returned_messages=off".parse().expect("a valid directive"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if settings.log.json {
         builder.json().flatten_event(true).init();
