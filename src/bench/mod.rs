@@ -128,7 +128,7 @@ pub fn run_cli(args: BenchArgs) -> Result<u8, BenchError> {
         .unwrap_or(0)
         ^ u64::from(std::process::id()).rotate_left(32);
     let bodies = Bodies::load(&args.fixtures, args.size, body::run_tag(seed))?;
-    if let Some(size) = args.size {
+    if let Some(size) = args.size.filter(|_| !args.quiet) {
         for t in bodies.templates().iter().filter(|t| t.len() > size) {
             eprintln!(
                 "bench: note: {} bodies are {} bytes even compacted, more than --size {size}",
