@@ -124,11 +124,11 @@ async fn process(
 
     let envelope = Envelope {
         payload: body,
+        // Verified headers are UTF-8 (the parser requires it), so this is the header as sent.
         signature: signature
             .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_string(),
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
         meta,
     };
     publish_all(state, live, route, &envelope, start).await?;
