@@ -430,6 +430,30 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure type
+    fn the_kafka_example_config_is_valid() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STRIPE_WEBHOOK_SECRET", "whsec_example_from_env");
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/kafka.example.yaml");
+            let s = crate::config::load(&path).map_err(|e| e.to_string())?;
+            let kafka: Vec<_> = s
+                .sinks
+                .iter()
+                .filter_map(|sink| match &sink.config {
+                    super::super::RawSink::Kafka(k) => Some(k),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(kafka.len(), 1);
+            assert_eq!(kafka[0].properties(s.ack_timeout)["acks"], "all");
+            let (_, route) = s.router.route("customer.subscription.created").expect("routed");
+            assert_eq!(route.targets.len(), 2, "fan-out");
+            assert_eq!(s.endpoints[0].secrets[0].expose(), b"whsec_example_from_env");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn secrets_are_redacted_in_debug_and_describe() {
         let c = parse(
             r#"{"brokers":"b:9092","options":{"sasl.username":"alice","sasl.password":"hunter2",

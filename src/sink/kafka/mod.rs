@@ -74,6 +74,7 @@ pub struct KafkaSink {
     brokers: String,
     client_config: ClientConfig,
     queue_timeout: Duration,
+    message_timeout: Duration,
     producer: RwLock<Arc<Producer_>>,
     health: tokio::sync::Mutex<Option<(Instant, Result<(), SinkError>)>>,
 }
@@ -122,6 +123,7 @@ impl KafkaSink {
             brokers: config.brokers.clone(),
             client_config,
             queue_timeout: timings.queue_timeout,
+            message_timeout: timings.message_timeout,
             producer: RwLock::new(Arc::new(producer)),
             health: tokio::sync::Mutex::new(None),
         })
@@ -178,7 +180,8 @@ impl KafkaSink {
             .key(envelope.key())
             .payload(&envelope.payload[..])
             .headers(headers);
-        let queue_deadline = Instant::now() + self.queue_timeout;
+        let start = Instant::now();
+        let queue_deadline = start + self.queue_timeout;
         let delivery = loop {
             match producer.send_result(record) {
                 Ok(delivery) => break delivery,
@@ -191,7 +194,17 @@ impl KafkaSink {
                 Err((e, _)) => return Err(errors::publish_error(&self.name, topic, &e)),
             }
         };
-        match delivery.await {
+        // librdkafka checks message timeouts about once a second, so it may report a timeout up
+        // to a second late; this bound keeps the answer within queue + message timeout.
+        let confirm_deadline = start + self.queue_timeout + self.message_timeout;
+        let Ok(delivery) = tokio::time::timeout_at(confirm_deadline.into(), delivery).await else {
+            return Err(SinkError::retryable(format!(
+                "kafka sink {}: topic {topic}: the broker did not confirm within {}",
+                self.name,
+                humantime::format_duration(confirm_deadline - start)
+            )));
+        };
+        match delivery {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((e, _))) => Err(errors::publish_error(&self.name, topic, &e)),
             Err(_) => Err(SinkError::retryable(format!(
