@@ -32,14 +32,6 @@ fn write_config(dir: &tempfile::TempDir, yaml: &str) -> String {
     path.to_string_lossy().to_string()
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn shipped_configs_are_valid() {
     let root = env!("CARGO_MANIFEST_DIR");
@@ -172,48 +164,8 @@ fn route_prints_targets_or_drop() {
     assert!(stdout(&o).contains("dropped"), "{}", stdout(&o));
 }
 
-/// A `hookbridge serve` child process; killed on drop if still running.
-struct Bridge {
-    child: Child,
-    webhook: u16,
-    admin: u16,
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(dir: &tempfile::TempDir, sinks_and_routes: &str) -> Bridge {
-    let (webhook, admin) = (free_port(), free_port());
-    let cfg = write_config(
-        dir,
-        &yaml(sinks_and_routes)
-            .replace(
-                "admin_listen: \"127.0.0.1:0\"",
-                &format!("admin_listen: \"127.0.0.1:{admin}\""),
-            )
-            .replacen(
-                "listen: \"127.0.0.1:0\"",
-                &format!("listen: \"127.0.0.1:{webhook}\""),
-                1,
-            ),
-    );
-    let child = Command::new(bin())
-        .args(["serve", "--config", &cfg])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let bridge = Bridge { child, webhook, admin };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(Instant::now() < deadline, "the bridge did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    bridge
+fn serve(dir: &tempfile::TempDir, sinks_and_routes: &str) -> Served {
+    serve_binary(dir.path(), &yaml(sinks_and_routes))
 }
 
 fn sigterm(child: &Child) {
@@ -302,5 +254,4 @@ fn sigterm_lets_a_request_in_flight_finish() {
     assert_eq!(status.code(), Some(0));
     // ack_timeout is 2 s in these configs: the whole drain must fit in ack_timeout + 1 s.
     assert!(sent_at.elapsed() < Duration::from_secs(3), "{:?}", sent_at.elapsed());
-    let _ = bridge.admin;
 }

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -234,46 +234,6 @@ async fn try_post(addr: std::net::SocketAddr, body: Bytes) -> Option<StatusCode>
     Some(sender.send_request(req).await.ok()?.status())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Starts `hookbridge serve` with the given YAML (ports filled in); returns the child and ports.
-fn serve_binary(dir: &tempfile::TempDir, yaml_text: &str) -> (std::process::Child, u16, u16, std::path::PathBuf) {
-    let (webhook, admin) = (free_port(), free_port());
-    let cfg = dir.path().join("c.yaml");
-    std::fs::write(
-        &cfg,
-        yaml_text
-            .replace(
-                "admin_listen: \"127.0.0.1:0\"",
-                &format!("admin_listen: \"127.0.0.1:{admin}\""),
-            )
-            .replacen(
-                "listen: \"127.0.0.1:0\"",
-                &format!("listen: \"127.0.0.1:{webhook}\""),
-                1,
-            ),
-    )
-    .unwrap();
-    let child = Command::new(bin())
-        .args(["serve", "--config", cfg.to_str().unwrap()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
-        assert!(Instant::now() < deadline, "the bridge did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (child, webhook, admin, cfg)
-}
-
 #[tokio::test]
 async fn memory_stays_bounded_under_a_burst_of_large_bodies() {
     let dir = tempfile::tempdir().unwrap();
@@ -281,9 +241,9 @@ async fn memory_stays_bounded_under_a_burst_of_large_bodies() {
         "{}http:\n  max_concurrent_requests: 8\n",
         yaml("sinks:\n  slow:\n    kind: discard\n    delay: 1500ms\nroutes:\n  - match: \"*\"\n    to:\n      - { sink: slow, topic: t }\n")
     );
-    let (mut child, webhook, _admin, _) = serve_binary(&dir, &yaml_text);
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{webhook}").parse().unwrap();
-    let before = vm_hwm_kib(child.id());
+    let served = serve_binary(dir.path(), &yaml_text);
+    let addr = served.webhook_addr();
+    let before = vm_hwm_kib(served.child.id());
     // 200 clients each sending a ~1 MB signed event at once: without the cap, the bridge would
     // hold about 200 MB of bodies while the sink is slow.
     let pad = "x".repeat(1_000_000);
@@ -301,9 +261,8 @@ async fn memory_stays_bounded_under_a_burst_of_large_bodies() {
             busy += 1;
         }
     }
-    let grown_mib = (vm_hwm_kib(child.id()).saturating_sub(before)) / 1024;
-    let _ = child.kill();
-    let _ = child.wait();
+    let grown_mib = (vm_hwm_kib(served.child.id()).saturating_sub(before)) / 1024;
+    drop(served);
     assert!(busy > 0, "the cap never answered 503");
     assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
 }
@@ -485,8 +444,9 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
             out.display()
         ))
     };
-    let (mut child, webhook, _admin, cfg) = serve_binary(&dir, &yaml_for("first"));
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{webhook}").parse().unwrap();
+    let mut served = serve_binary(dir.path(), &yaml_for("first"));
+    let addr = served.webhook_addr();
+    let cfg = served.config.clone();
     let hup = |pid: u32| {
         assert!(Command::new("kill")
             .args(["-HUP", &pid.to_string()])
@@ -494,33 +454,26 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
             .unwrap()
             .success())
     };
-    let ports = |text: String| {
-        let original = std::fs::read_to_string(&cfg).unwrap();
-        let listen = original.lines().find(|l| l.starts_with("listen:")).unwrap().to_string();
-        let admin = original
-            .lines()
-            .find(|l| l.starts_with("admin_listen:"))
-            .unwrap()
-            .to_string();
-        text.replace("admin_listen: \"127.0.0.1:0\"", &admin)
-            .replacen("listen: \"127.0.0.1:0\"", &listen, 1)
-    };
 
     assert_eq!(
         post_signed(addr, event("evt_h1", "invoice.paid")).await.status,
         StatusCode::OK
     );
     // A broken config: the bridge keeps serving with the old one.
-    std::fs::write(&cfg, ports(yaml_for("second").replace("kind: file", "kind: nonsense"))).unwrap();
-    hup(child.id());
+    std::fs::write(
+        &cfg,
+        served.with_ports(&yaml_for("second").replace("kind: file", "kind: nonsense")),
+    )
+    .unwrap();
+    hup(served.child.id());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         post_signed(addr, event("evt_h2", "invoice.paid")).await.status,
         StatusCode::OK
     );
     // A valid one: the new route applies without a restart.
-    std::fs::write(&cfg, ports(yaml_for("second"))).unwrap();
-    hup(child.id());
+    std::fs::write(&cfg, served.with_ports(&yaml_for("second"))).unwrap();
+    hup(served.child.id());
     let started = Instant::now();
     let mut i = 3;
     loop {
@@ -545,14 +498,14 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
     let destinations: Vec<_> = text.lines().map(|l| l.contains("\"destination\":\"first\"")).collect();
     assert!(destinations[0] && destinations[1], "{text}");
     assert!(Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
+        .args(["-TERM", &served.child.id().to_string()])
         .status()
         .unwrap()
         .success());
-    let status = child.wait().unwrap();
+    let status = served.child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
     let mut logs = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut logs).unwrap();
+    std::io::Read::read_to_string(&mut served.child.stderr.take().unwrap(), &mut logs).unwrap();
     assert!(logs.contains("config reload refused"), "{logs}");
     assert!(logs.contains("config reloaded"), "{logs}");
 }

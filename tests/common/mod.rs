@@ -161,3 +161,77 @@ pub fn metric(text: &str, prefix: &str) -> Option<f64> {
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_hookbridge")
 }
+
+/// A free TCP port on 127.0.0.1 (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `hookbridge serve` child process on free ports; killed on drop if still running.
+pub struct Served {
+    pub child: std::process::Child,
+    pub webhook: u16,
+    pub admin: u16,
+    pub config: PathBuf,
+}
+
+impl Served {
+    pub fn webhook_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.webhook))
+    }
+
+    /// Puts this process's ports into YAML written with `127.0.0.1:0` addresses.
+    pub fn with_ports(&self, yaml_text: &str) -> String {
+        with_ports(yaml_text, self.webhook, self.admin)
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn with_ports(yaml_text: &str, webhook: u16, admin: u16) -> String {
+    yaml_text
+        .replace(
+            "admin_listen: \"127.0.0.1:0\"",
+            &format!("admin_listen: \"127.0.0.1:{admin}\""),
+        )
+        .replacen(
+            "listen: \"127.0.0.1:0\"",
+            &format!("listen: \"127.0.0.1:{webhook}\""),
+            1,
+        )
+}
+
+/// Writes `yaml_text` (with `127.0.0.1:0` addresses) to `dir` with free ports filled in, starts
+/// `hookbridge serve` on it, and waits until the admin port accepts connections.
+pub fn serve_binary(dir: &std::path::Path, yaml_text: &str) -> Served {
+    let (webhook, admin) = (free_port(), free_port());
+    let config = dir.join("c.yaml");
+    std::fs::write(&config, with_ports(yaml_text, webhook, admin)).unwrap();
+    let child = std::process::Command::new(bin())
+        .args(["serve", "--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let served = Served {
+        child,
+        webhook,
+        admin,
+        config,
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "the bridge did not start");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    served
+}
