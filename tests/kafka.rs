@@ -354,6 +354,45 @@ fn check_config_accepts_the_kafka_example_and_redacts_secrets() {
     assert!(stdout.contains("sasl.password=***"), "{stdout}");
     assert!(!stdout.contains("hunter2"), "{stdout}");
 
+    // secret_options: read from the environment, never printed; a missing variable is an error.
+    std::fs::write(
+        &path,
+        yaml(&format!(
+            "sinks:\n{}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: events, topic: t }}\n",
+            kafka_sink(
+                "events",
+                "    options:\n      sasl.username: alice\n    secret_options:\n      \
+                 sasl.password: { env: HOOKBRIDGE_TEST_KAFKA_PASSWORD }\n"
+            )
+        )),
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env("HOOKBRIDGE_TEST_KAFKA_PASSWORD", "from-env-very-secret")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("sasl.password=*** (env:HOOKBRIDGE_TEST_KAFKA_PASSWORD)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("from-env-very-secret"), "{stdout}");
+    let out = Command::new(bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .env_remove("HOOKBRIDGE_TEST_KAFKA_PASSWORD")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("sinks.events.secret_options.sasl.password: environment variable"),
+        "{stderr}"
+    );
+
     // Weakening durability is refused with the key path, exit 2.
     std::fs::write(
         &path,

@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::raw::{opt_duration, Scalar};
+use super::secret::SecretSource;
 use super::Problems;
 
 /// A Kafka producer (librdkafka), idempotent with `acks=all`.
@@ -43,6 +44,11 @@ pub struct KafkaSinkConfig {
     /// sensitive properties (passwords, secrets, keys) are never printed.
     #[serde(default)]
     pub options: BTreeMap<String, Scalar>,
+    /// librdkafka properties whose values are secrets, each read from `env`, `file` or `value`
+    /// when the config is loaded, e.g. `sasl.password: { env: KAFKA_SASL_PASSWORD }`. Never
+    /// printed; a property set here and in `options` is an error.
+    #[serde(default)]
+    pub secret_options: BTreeMap<String, SecretSource>,
 }
 
 /// Properties hookbridge sets itself and that `options` must not override.
@@ -86,6 +92,7 @@ impl std::fmt::Debug for KafkaSinkConfig {
             .field("message_timeout", &self.message_timeout)
             .field("queue_timeout", &self.queue_timeout)
             .field("options", &RedactedOptions(&self.options))
+            .field("secret_options", &self.secret_options)
             .finish()
     }
 }
@@ -183,6 +190,7 @@ impl KafkaSinkConfig {
             .iter()
             .filter(|(k, _)| k.as_str() != "bootstrap.servers")
             .map(|(k, v)| format!("{k}={}", redacted_value(k, v)))
+            .chain(self.secret_options.iter().map(|(k, src)| format!("{k}=*** ({src})")))
             .collect();
         format!(
             "brokers {} queue_timeout {} properties {{{}}}",
@@ -192,7 +200,20 @@ impl KafkaSinkConfig {
         )
     }
 
-    /// Pure checks; `path` is the key path of this sink, e.g. `sinks.events`.
+    /// The values of `secret_options`, read now.
+    pub fn secret_properties(&self) -> Result<Vec<(String, String)>, String> {
+        self.secret_options
+            .iter()
+            .map(|(k, src)| {
+                let secret = src.load().map_err(|e| format!("secret_options.{k}: {e}"))?;
+                let value = String::from_utf8(secret.expose().to_vec())
+                    .map_err(|_| format!("secret_options.{k}: the secret is not valid UTF-8"))?;
+                Ok((k.clone(), value))
+            })
+            .collect()
+    }
+
+    /// Checks; `path` is the key path of this sink, e.g. `sinks.events`. Reads `secret_options`.
     pub fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
         if self.brokers.trim().is_empty() {
             problems.push(format!("{path}.brokers"), "must list at least one broker (host:port)");
@@ -200,6 +221,24 @@ impl KafkaSinkConfig {
         for (key, why) in FORCED_BY_BRIDGE {
             if self.options.contains_key(*key) {
                 problems.push(format!("{path}.options.{key}"), format!("cannot be set: {why}"));
+            }
+        }
+        let mut secret_values = Vec::new();
+        for (key, src) in &self.secret_options {
+            let at = format!("{path}.secret_options.{key}");
+            if self.options.contains_key(key) {
+                problems.push(&at, format!("is also set as options.{key}; set it in one place only"));
+            } else if FORCED_BY_BRIDGE.iter().any(|(k, _)| k == key)
+                || ["acks", "request.required.acks", "enable.idempotence"].contains(&key.as_str())
+            {
+                problems.push(&at, "is set by hookbridge and cannot be changed");
+            } else {
+                match src.load().and_then(|s| {
+                    String::from_utf8(s.expose().to_vec()).map_err(|_| "the secret is not valid UTF-8".to_string())
+                }) {
+                    Ok(v) => secret_values.push((key.clone(), v)),
+                    Err(e) => problems.push(&at, e),
+                }
             }
         }
         for key in ["acks", "request.required.acks"] {
@@ -308,7 +347,7 @@ impl KafkaSinkConfig {
         if problems.is_empty() {
             // librdkafka checks property names and values without connecting anywhere.
             let mut cc = rdkafka::ClientConfig::new();
-            for (k, v) in self.properties(ack_timeout) {
+            for (k, v) in self.properties(ack_timeout).into_iter().chain(secret_values) {
                 cc.set(k, v);
             }
             if let Err(e) = cc.create_native_config() {
@@ -469,5 +508,37 @@ mod tests {
             assert!(text.contains("alice"), "{text}");
         }
         assert!(described.contains("sasl.password=***"), "{described}");
+    }
+
+    #[test]
+    fn secret_options_are_read_from_their_source_and_never_printed() {
+        let c = parse(
+            r#"{"brokers":"b:9092","options":{"sasl.username":"alice"},
+                "secret_options":{"sasl.password":{"value":"hunter2"}}}"#,
+        );
+        assert!(problems(&c, FIVE).is_empty(), "{:?}", problems(&c, FIVE));
+        assert_eq!(
+            c.secret_properties().unwrap(),
+            [("sasl.password".to_string(), "hunter2".to_string())]
+        );
+        assert!(!c.properties(FIVE).contains_key("sasl.password"));
+        for text in [format!("{c:?}"), c.describe(FIVE)] {
+            assert!(!text.contains("hunter2"), "{text}");
+        }
+        assert!(c.describe(FIVE).contains("sasl.password=*** (value:redacted)"));
+        let c = parse(
+            r#"{"brokers":"b:9092","options":{"sasl.password":"x"},
+                "secret_options":{"sasl.password":{"env":"HOOKBRIDGE_TEST_SURELY_UNSET_VAR"},
+                                  "ssl.key.password":{"env":"HOOKBRIDGE_TEST_SURELY_UNSET_VAR"},
+                                  "acks":{"value":"1"}}}"#,
+        );
+        let p = problems(&c, FIVE);
+        for needle in [
+            "sinks.k.secret_options.sasl.password: is also set as options.sasl.password",
+            "sinks.k.secret_options.ssl.key.password: environment variable HOOKBRIDGE_TEST_SURELY_UNSET_VAR is not set",
+            "sinks.k.secret_options.acks: is set by hookbridge",
+        ] {
+            assert!(p.iter().any(|x| x.contains(needle)), "missing {needle:?} in {p:#?}");
+        }
     }
 }

@@ -98,6 +98,9 @@ impl KafkaSink {
         for (k, v) in &props {
             client_config.set(k, v);
         }
+        for (k, v) in config.secret_properties()? {
+            client_config.set(k, v);
+        }
         client_config.set_log_level(RDKafkaLogLevel::Info);
         let timings = config.timings(ack_timeout);
         let producer = create(name, &client_config)?;
@@ -110,6 +113,7 @@ impl KafkaSink {
                     format!("{k}={v}")
                 }
             })
+            .chain(config.secret_options.keys().map(|k| format!("{k}=***")))
             .collect();
         tracing::info!(
             sink = name,
