@@ -56,7 +56,7 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
 /// A [`SinkError`] for a failed publish to `topic`. rdkafka's messages carry no payload.
 pub fn publish_error(sink: &str, topic: &str, error: &KafkaError) -> SinkError {
     let message = match error.rdkafka_error_code() {
-        Some(code) => format!("kafka sink {sink}: topic {topic}: {code} ({code:?})"),
+        Some(code) => format!("kafka sink {sink}: topic {topic}: {code}"),
         None => format!("kafka sink {sink}: topic {topic}: {error}"),
     };
     SinkError {

@@ -307,3 +307,6 @@ impl Sink for KafkaSink {
         .boxed()
     }
 }
+
+#[cfg(test)]
+mod tests;
