@@ -1,24 +1,88 @@
 //! Config of the `rabbitmq` sink.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 
+use super::raw::duration;
 use super::Problems;
 
 /// An AMQP 0-9-1 connection with publisher confirms.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqSinkConfig {
-    /// `amqp://user:pass@host:port/vhost` or `amqps://…`. Printed with the password redacted.
+    /// `amqp://user:pass@host:port/vhost` or `amqps://…` (TLS, verified against the system's
+    /// roots). The vhost is URL-encoded: `/` is `%2f`. Query options such as `?heartbeat=30` are
+    /// passed to the client. Printed with the password redacted.
     pub url: String,
-    /// Exchange to publish to; declared durable unless it exists.
+    /// Exchange to publish to; declared durable with `exchange_type` unless it already exists.
+    /// The empty string is RabbitMQ's default exchange (routing key = queue name), never declared.
     pub exchange: String,
+    /// Type the exchange is declared with when it does not exist: `topic` (default), `direct`,
+    /// `fanout` or `headers`. An existing exchange is used as it is.
+    #[serde(default = "default_exchange_type")]
+    pub exchange_type: String,
+    /// Queues to declare (durable) and bind to the exchange on every connect, so a quick start
+    /// needs no admin step. Optional: leave empty when the topology is managed elsewhere.
+    #[serde(default)]
+    pub queues: Vec<QueueConfig>,
+    /// The most publishes awaiting a broker confirmation at once; each uses its own channel.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// The longest a connection attempt (TCP, TLS, AMQP handshake, topology) may take.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Longest pause between reconnection attempts; the backoff starts at 100ms and doubles.
+    #[serde(default = "default_reconnect_max_delay", deserialize_with = "duration")]
+    pub reconnect_max_delay: Duration,
 }
+
+/// A queue declared and bound by the sink.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Queue name.
+    pub name: String,
+    /// `classic` (default) or `quorum` (replicated; the usual choice on a cluster).
+    #[serde(rename = "type", default = "default_queue_type")]
+    pub queue_type: String,
+    /// Binding keys to the sink's exchange. On a topic exchange `*` matches one dot-separated
+    /// word and `#` zero or more: `customer.subscription.*`, `invoice.#`, `#` (everything).
+    #[serde(default)]
+    pub bindings: Vec<String>,
+}
+
+fn default_exchange_type() -> String {
+    "topic".into()
+}
+fn default_queue_type() -> String {
+    "classic".into()
+}
+fn default_max_in_flight() -> usize {
+    64
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_reconnect_max_delay() -> Duration {
+    Duration::from_secs(2)
+}
+
+/// Exchange types RabbitMQ knows without plugins.
+pub const EXCHANGE_TYPES: [&str; 4] = ["topic", "direct", "fanout", "headers"];
+/// Queue types the sink can declare.
+pub const QUEUE_TYPES: [&str; 2] = ["classic", "quorum"];
 
 impl std::fmt::Debug for RabbitMqSinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RabbitMqSinkConfig")
             .field("url", &redact_url(&self.url))
             .field("exchange", &self.exchange)
+            .field("exchange_type", &self.exchange_type)
+            .field("queues", &self.queues)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("reconnect_max_delay", &self.reconnect_max_delay)
             .finish()
     }
 }
@@ -28,8 +92,96 @@ impl RabbitMqSinkConfig {
     pub fn validate(&self, path: &str, _ack_timeout: std::time::Duration, problems: &mut Problems) {
         if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
             problems.push(format!("{path}.url"), "must start with amqp:// or amqps://");
+        } else if let Err(e) = parse_url(&self.url) {
+            problems.push(format!("{path}.url"), e);
+        }
+        if self.exchange.len() > 255 {
+            problems.push(format!("{path}.exchange"), "must be at most 255 bytes");
+        }
+        if !EXCHANGE_TYPES.contains(&self.exchange_type.as_str()) {
+            problems.push(
+                format!("{path}.exchange_type"),
+                format!("must be one of {}", EXCHANGE_TYPES.join(", ")),
+            );
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > 1024 {
+            problems.push(format!("{path}.max_in_flight"), "must be between 1 and 1024");
+        }
+        if self.connect_timeout.is_zero() {
+            problems.push(format!("{path}.connect_timeout"), "must be greater than 0");
+        }
+        if self.reconnect_max_delay < Duration::from_millis(100) {
+            problems.push(format!("{path}.reconnect_max_delay"), "must be at least 100ms");
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, q) in self.queues.iter().enumerate() {
+            let qpath = format!("{path}.queues[{i}]");
+            if q.name.is_empty() || q.name.len() > 255 {
+                problems.push(format!("{qpath}.name"), "must be 1 to 255 bytes");
+            } else if q.name.starts_with("amq.") {
+                problems.push(
+                    format!("{qpath}.name"),
+                    "names starting with `amq.` are reserved by RabbitMQ",
+                );
+            } else if !seen.insert(q.name.as_str()) {
+                problems.push(format!("{qpath}.name"), format!("`{}` is declared twice", q.name));
+            }
+            if !QUEUE_TYPES.contains(&q.queue_type.as_str()) {
+                problems.push(
+                    format!("{qpath}.type"),
+                    format!("must be one of {}", QUEUE_TYPES.join(", ")),
+                );
+            }
+            if self.exchange.is_empty() && !q.bindings.is_empty() {
+                problems.push(
+                    format!("{qpath}.bindings"),
+                    "the default exchange (exchange: \"\") cannot have bindings",
+                );
+            }
+            for (j, b) in q.bindings.iter().enumerate() {
+                if b.len() > 255 {
+                    problems.push(format!("{qpath}.bindings[{j}]"), "must be at most 255 bytes");
+                }
+            }
         }
     }
+}
+
+impl RabbitMqSinkConfig {
+    /// One line for `check-config`: URL (password redacted), exchange and declared topology.
+    pub fn summary(&self) -> String {
+        let mut out = format!(
+            "url {} exchange {} ({}) max_in_flight {}",
+            redact_url(&self.url),
+            if self.exchange.is_empty() {
+                "\"\" (default)"
+            } else {
+                &self.exchange
+            },
+            self.exchange_type,
+            self.max_in_flight
+        );
+        for q in &self.queues {
+            out.push_str(&format!("; queue {} ({})", q.name, q.queue_type));
+            if !q.bindings.is_empty() {
+                out.push_str(&format!(" <- {}", q.bindings.join(", ")));
+            }
+        }
+        out
+    }
+}
+
+/// Checks the URL the way the client will read it, without echoing it (it may hold a password).
+#[cfg(feature = "amqp")]
+fn parse_url(url: &str) -> Result<(), String> {
+    url.parse::<lapin::uri::AMQPUri>()
+        .map(|_| ())
+        .map_err(|e| format!("is not a valid AMQP URL ({})", e.replace(url, "<url>")))
+}
+
+#[cfg(not(feature = "amqp"))]
+fn parse_url(_url: &str) -> Result<(), String> {
+    Ok(())
 }
 
 /// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
@@ -64,6 +216,7 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+    use crate::config::{parse_str, validate, RawSink};
 
     #[test]
     fn redacts_password_only() {
@@ -74,5 +227,103 @@ mod tests {
         assert_eq!(redact_url("amqps://u@h/v"), "amqps://u@h/v");
         assert_eq!(redact_url("amqp://h:5672"), "amqp://h:5672");
         assert_eq!(redact_url("amqp://u:p@ss@h/"), "amqp://u:***@h/");
+    }
+
+    fn config(sink: &str) -> String {
+        format!(
+            r#"
+endpoints:
+  - path: /w
+    secrets: [{{ value: whsec_x }}]
+sinks:
+  amqp:
+{sink}
+routes:
+  - match: "*"
+    to: [{{ sink: amqp, routing_key: "{{type}}" }}]
+"#
+        )
+    }
+
+    fn problems(sink: &str) -> Vec<String> {
+        let raw = parse_str(&config(sink)).unwrap_or_else(|e| panic!("parses: {e}"));
+        match validate(raw) {
+            Ok(_) => vec![],
+            Err(p) => p.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let raw = parse_str(&config(
+            "    kind: rabbitmq\n    url: amqp://guest:guest@127.0.0.1:5672/%2f\n    exchange: stripe",
+        ))
+        .unwrap_or_else(|e| panic!("parses: {e}"));
+        let Some(RawSink::Rabbitmq(c)) = raw.sinks.get("amqp") else {
+            panic!("a rabbitmq sink")
+        };
+        assert_eq!(c.exchange_type, "topic");
+        assert!(c.queues.is_empty());
+        assert_eq!(c.max_in_flight, 64);
+        assert_eq!(c.connect_timeout, std::time::Duration::from_secs(5));
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("guest@") && debug.contains("guest:***@"), "{debug}");
+    }
+
+    #[test]
+    fn every_bad_key_is_named() {
+        let p = problems(
+            r#"    kind: rabbitmq
+    url: "amqp://guest:secretpw@127.0.0.1:notaport/%2f"
+    exchange: stripe
+    exchange_type: nope
+    max_in_flight: 0
+    connect_timeout: 0s
+    queues:
+      - { name: a, type: stream }
+      - { name: a }
+      - { name: amq.x }"#,
+        );
+        let joined = p.join("\n");
+        for key in [
+            "sinks.amqp.url",
+            "sinks.amqp.exchange_type",
+            "sinks.amqp.max_in_flight",
+            "sinks.amqp.connect_timeout",
+            "sinks.amqp.queues[0].type",
+            "sinks.amqp.queues[1].name",
+            "sinks.amqp.queues[2].name",
+        ] {
+            assert!(joined.contains(key), "{key} missing in:\n{joined}");
+        }
+        assert!(!joined.contains("secretpw"), "a problem echoes the password:\n{joined}");
+    }
+
+    #[test]
+    fn unknown_queue_key_is_an_error() {
+        let raw = parse_str(&config(
+            "    kind: rabbitmq\n    url: amqp://h/\n    exchange: e\n    queues: [{ name: q, durable: false }]",
+        ));
+        assert!(raw.is_err());
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/rabbitmq.example.yaml");
+        let settings = crate::config::load(std::path::Path::new(path)).unwrap_or_else(|e| panic!("{e}"));
+        let rabbit: Vec<_> = settings
+            .sinks
+            .iter()
+            .filter_map(|s| match &s.config {
+                RawSink::Rabbitmq(c) => Some(c),
+                _ => None,
+            })
+            .collect();
+        assert!(!rabbit.is_empty(), "the example defines a rabbitmq sink");
+        assert!(rabbit.iter().any(|c| !c.queues.is_empty()), "the example shows queues");
+        assert!(
+            rabbit.iter().flat_map(|c| &c.queues).any(|q| q.queue_type == "quorum"),
+            "the example shows a quorum queue"
+        );
     }
 }

@@ -6,6 +6,8 @@ pub mod file;
 pub mod memory;
 
 // kafka and amqp modules: being written
+#[cfg(feature = "amqp")]
+pub mod amqp;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 
@@ -161,6 +163,8 @@ pub async fn build(s: &SinkSettings, ack_timeout: std::time::Duration) -> Result
         RawSink::Discard(c) => Arc::new(discard::DiscardSink::new(&s.name, c.delay)),
         #[cfg(feature = "kafka")]
         RawSink::Kafka(c) => Arc::new(kafka::KafkaSink::new(&s.name, c, ack_timeout).map_err(err)?),
+        #[cfg(feature = "amqp")]
+        RawSink::Rabbitmq(c) => Arc::new(amqp::AmqpSink::new(&s.name, c, ack_timeout).await.map_err(err)?),
         #[allow(unreachable_patterns)]
         other => return Err(err(format!("this build has no {} support", other.kind()))),
     })

@@ -1,0 +1,285 @@
+//! One AMQP connection at a time, kept up by a supervisor task: connect with a bound, declare the
+//! topology, hand out confirm-mode channels, notice when the connection dies, reconnect with
+//! backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::uri::AMQPUri;
+use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use super::message::{describe, is_not_found};
+use super::Shared;
+use crate::config::rabbitmq::RabbitMqSinkConfig;
+use crate::sink::SinkError;
+
+/// Heartbeat proposed when the URL sets none, so a silently dead peer is noticed within ~20 s.
+const DEFAULT_HEARTBEAT_SECS: u16 = 10;
+/// First pause between connection attempts; it doubles up to `reconnect_max_delay`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+/// How often the supervisor looks at the connection when nothing woke it.
+const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// Repeated connection failures are logged at warn at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(30);
+
+/// A live connection and its idle confirm-mode channels.
+pub struct Conn {
+    pub connection: Connection,
+    /// Channels with no publish outstanding. A channel carries one publish at a time (see
+    /// `super` for why), so this pool holds at most `max_in_flight` channels.
+    idle: Mutex<Vec<Channel>>,
+}
+
+impl Conn {
+    pub fn usable(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    pub fn blocked(&self) -> bool {
+        self.connection.status().blocked()
+    }
+
+    /// An idle channel, or a new one in confirm mode.
+    pub async fn checkout(&self) -> Result<Channel, lapin::Error> {
+        loop {
+            let next = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match next {
+                Some(ch) if ch.status().connected() && ch.status().confirm() => return Ok(ch),
+                Some(_) => continue,
+                None => break,
+            }
+        }
+        let ch = self.connection.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(ch)
+    }
+
+    /// Gives back a channel whose publish is settled.
+    pub fn checkin(&self, ch: Channel) {
+        if ch.status().connected() {
+            self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(ch);
+        }
+    }
+
+    /// Closes the connection politely, giving up at `deadline`.
+    pub async fn close(&self, deadline: Instant) -> Result<(), SinkError> {
+        if !self.usable() {
+            return Ok(());
+        }
+        match tokio::time::timeout_at(
+            deadline.into(),
+            self.connection.close(200, "hookbridge is shutting down"),
+        )
+        .await
+        {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SinkError::retryable(format!(
+                "closing the connection: {}",
+                describe(&e)
+            ))),
+            Err(_) => Err(SinkError::retryable("the connection did not close before the deadline")),
+        }
+    }
+}
+
+/// Reads the URL and sets the defaults the sink relies on.
+pub fn parse_uri(url: &str) -> Result<AMQPUri, String> {
+    let mut uri: AMQPUri = url
+        .parse()
+        .map_err(|e: String| format!("invalid url: {}", e.replace(url, "<url>")))?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
+    }
+    Ok(uri)
+}
+
+fn exchange_kind(name: &str) -> ExchangeKind {
+    match name {
+        "topic" => ExchangeKind::Topic,
+        "direct" => ExchangeKind::Direct,
+        "fanout" => ExchangeKind::Fanout,
+        "headers" => ExchangeKind::Headers,
+        other => ExchangeKind::Custom(other.to_string()),
+    }
+}
+
+/// Connects, declares the topology and opens the first confirm channel, all within `deadline`.
+async fn connect(shared: &Shared, uri: &AMQPUri, config: &RabbitMqSinkConfig) -> Result<Conn, String> {
+    let deadline = Instant::now() + config.connect_timeout;
+    let properties =
+        ConnectionProperties::default().with_connection_name(LongString::from(format!("hookbridge/{}", shared.name)));
+    let connection =
+        match tokio::time::timeout_at(deadline.into(), Connection::connect_uri(uri.clone(), properties)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(format!("cannot connect to {}: {}", shared.endpoint, describe(&e))),
+            Err(_) => {
+                return Err(format!(
+                    "cannot connect to {}: no answer within {}",
+                    shared.endpoint,
+                    humantime::format_duration(config.connect_timeout)
+                ))
+            }
+        };
+    let wake = shared.wake.clone();
+    connection.on_error(move |_| wake.notify_one());
+    let conn = Conn {
+        connection,
+        idle: Mutex::new(Vec::new()),
+    };
+    let declared = tokio::time::timeout_at(deadline.into(), declare(&conn, config)).await;
+    let result = match declared {
+        Ok(Ok(ch)) => {
+            conn.checkin(ch);
+            return Ok(conn);
+        }
+        Ok(Err(e)) => e,
+        Err(_) => format!(
+            "topology not declared within {}",
+            humantime::format_duration(config.connect_timeout)
+        ),
+    };
+    let _ = conn.close(Instant::now() + Duration::from_secs(1)).await;
+    Err(result)
+}
+
+/// Declares the exchange (unless it exists), the queues and their bindings; returns a channel
+/// in confirm mode.
+async fn declare(conn: &Conn, config: &RabbitMqSinkConfig) -> Result<Channel, String> {
+    let open = || async {
+        conn.connection
+            .create_channel()
+            .await
+            .map_err(|e| format!("cannot open a channel: {}", describe(&e)))
+    };
+    let mut ch = open().await?;
+    let exchange = config.exchange.as_str();
+    if !exchange.is_empty() {
+        let kind = exchange_kind(&config.exchange_type);
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        match ch
+            .exchange_declare(exchange, kind.clone(), passive, FieldTable::default())
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {
+                // The failed passive declare closed that channel.
+                ch = open().await?;
+                let durable = ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                };
+                ch.exchange_declare(exchange, kind, durable, FieldTable::default())
+                    .await
+                    .map_err(|e| format!("cannot declare exchange `{exchange}`: {}", describe(&e)))?;
+                tracing::info!(exchange, exchange_type = %config.exchange_type, "declared the exchange");
+            }
+            Err(e) => return Err(format!("cannot check exchange `{exchange}`: {}", describe(&e))),
+        }
+    }
+    for q in &config.queues {
+        let mut args = FieldTable::default();
+        if q.queue_type != "classic" {
+            args.insert(
+                ShortString::from("x-queue-type"),
+                AMQPValue::LongString(LongString::from(q.queue_type.as_str())),
+            );
+        }
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(&q.name, options, args)
+            .await
+            .map_err(|e| format!("cannot declare queue `{}`: {}", q.name, describe(&e)))?;
+        for key in &q.bindings {
+            ch.queue_bind(
+                &q.name,
+                exchange,
+                key,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("cannot bind queue `{}` with key `{key}`: {}", q.name, describe(&e)))?;
+        }
+    }
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| format!("cannot turn on publisher confirms: {}", describe(&e)))?;
+    Ok(ch)
+}
+
+/// Keeps a connection up until shutdown.
+pub async fn supervise(shared: Arc<Shared>, uri: AMQPUri, config: RabbitMqSinkConfig) {
+    let mut stop = shared.stop.subscribe();
+    let mut backoff = FIRST_BACKOFF;
+    let mut failing_since: Option<Instant> = None;
+    let mut last_warn: Option<Instant> = None;
+    loop {
+        if *stop.borrow() {
+            break;
+        }
+        let attempt = tokio::select! {
+            r = connect(&shared, &uri, &config) => r,
+            _ = stop.changed() => break,
+        };
+        match attempt {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                if let Some(since) = failing_since.take() {
+                    tracing::info!(
+                        sink = %shared.name,
+                        endpoint = %shared.endpoint,
+                        down_ms = since.elapsed().as_millis() as u64,
+                        "reconnected to RabbitMQ"
+                    );
+                } else {
+                    tracing::info!(sink = %shared.name, endpoint = %shared.endpoint, "connected to RabbitMQ");
+                }
+                shared.set_error(None);
+                shared.current.store(Some(conn.clone()));
+                backoff = FIRST_BACKOFF;
+                // Watch it until it dies or shutdown begins.
+                loop {
+                    tokio::select! {
+                        _ = shared.wake.notified() => {}
+                        _ = tokio::time::sleep(CHECK_EVERY) => {}
+                        _ = stop.changed() => return,
+                    }
+                    if !conn.usable() {
+                        break;
+                    }
+                }
+                shared.current.store(None);
+                let state = format!("{:?}", conn.connection.status().state());
+                shared.set_error(Some(format!("connection to {} lost ({state})", shared.endpoint)));
+                tracing::warn!(sink = %shared.name, endpoint = %shared.endpoint, state, "lost the RabbitMQ connection; reconnecting");
+                failing_since = Some(Instant::now());
+                last_warn = Some(Instant::now());
+                // Reconnect at once the first time.
+                continue;
+            }
+            Err(message) => {
+                let now = Instant::now();
+                failing_since.get_or_insert(now);
+                if last_warn.map_or(true, |t| now.duration_since(t) >= WARN_EVERY) {
+                    tracing::warn!(sink = %shared.name, error = %message, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ is unreachable; retrying with backoff");
+                    last_warn = Some(now);
+                } else {
+                    tracing::debug!(sink = %shared.name, error = %message, "RabbitMQ connection attempt failed");
+                }
+                shared.set_error(Some(message));
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.changed() => break,
+        }
+        backoff = (backoff * 2).min(config.reconnect_max_delay);
+    }
+}
