@@ -153,7 +153,6 @@ pub async fn build_all(
 
 /// Builds one sink. Brokers that are down do not fail this: the sink reconnects by itself.
 pub async fn build(s: &SinkSettings, ack_timeout: std::time::Duration) -> Result<Arc<dyn Sink>, BuildError> {
-    let _ = ack_timeout;
     let err = |message: String| BuildError {
         name: s.name.clone(),
         message,
