@@ -4,6 +4,7 @@
 
 mod amqp_support;
 mod common;
+mod kafka_support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use amqp_support::{channel, count, drain, headers, message_id, one_queue, sink_yaml, unique, wait_status};
 use bytes::Bytes;
 use common::{event, get, post_signed, spawn, yaml, SECRET};
+use futures::StreamExt;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::ExchangeKind;
@@ -514,4 +516,79 @@ routes:
     b.shutdown().await;
 }
 
-use futures::StreamExt;
+#[tokio::test]
+async fn one_route_fans_out_to_kafka_and_rabbitmq() {
+    kafka_support::require_broker(Duration::from_secs(30));
+    let exchange = unique("ex");
+    let queue = unique("fanout");
+    let topic = kafka_support::unique_topic("fanout");
+    let config = format!(
+        r#"
+sinks:
+{}
+  amqp:
+    kind: rabbitmq
+    url: "{}"
+    exchange: "{exchange}"
+{}
+routes:
+  - match: "customer.subscription.*"
+    to:
+      - {{ sink: amqp, routing_key: "{{type}}" }}
+      - {{ sink: events, topic: "{topic}" }}
+  - match: "*"
+    to:
+      - {{ sink: amqp, routing_key: "unbound.{{type}}" }}
+      - {{ sink: events, topic: "{topic}" }}
+"#,
+        kafka_support::kafka_sink("events", ""),
+        amqp_support::URL,
+        one_queue(&queue, &["customer.subscription.*"])
+    );
+    // A first produce to a new topic waits for its auto-creation: allow more than the 2 s the
+    // other tests use, as a loaded CI machine may need it.
+    let config = yaml(&config).replace("ack_timeout: \"2s\"", "ack_timeout: \"15s\"");
+    assert!(config.contains("15s"));
+    let bridge = spawn(&config).await;
+    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(30)).await;
+
+    let bodies: Vec<Bytes> = vec![
+        connect_event(&unique("evt_f1")),
+        event(&unique("evt_f2"), "customer.subscription.created"),
+        event(&unique("evt_f3"), "customer.subscription.deleted"),
+    ];
+    for body in &bodies {
+        let a = post_signed(bridge.webhook_addr, body.clone()).await;
+        assert_eq!(a.status, 200, "{:?}", a.body);
+    }
+    // One target refusing for good makes the whole request a 500, whatever the other did.
+    let unroutable = event(&unique("evt_f4"), "invoice.paid");
+    assert_eq!(post_signed(bridge.webhook_addr, unroutable).await.status, 500);
+    bridge.shutdown().await;
+
+    let (_conn, ch) = channel().await;
+    let from_rabbit: Vec<Vec<u8>> = drain(&ch, &queue).await.into_iter().map(|m| m.delivery.data).collect();
+    let expected: Vec<Vec<u8>> = bodies.iter().map(|b| b.to_vec()).collect();
+    assert_eq!(
+        from_rabbit, expected,
+        "RabbitMQ: each event once, byte for byte, in order"
+    );
+
+    let records = tokio::task::spawn_blocking(move || {
+        kafka_support::read_topic(&topic, 4, Duration::from_secs(20), Duration::from_millis(500))
+    })
+    .await
+    .expect("read kafka");
+    let from_kafka: HashSet<Vec<u8>> = records.iter().map(|r| r.payload.clone()).collect();
+    for body in &bodies {
+        assert!(
+            from_kafka.contains(&body.to_vec()),
+            "Kafka has every fanned-out event byte for byte"
+        );
+    }
+    assert_eq!(
+        records.len(),
+        4,
+        "Kafka: once each (the 500 one too: its Kafka target confirmed)"
+    );
+}
