@@ -267,7 +267,11 @@ pub async fn supervise(shared: Arc<Shared>, uri: AMQPUri, config: RabbitMqSinkCo
             Err(message) => {
                 let now = Instant::now();
                 failing_since.get_or_insert(now);
-                if !last_warn.is_some_and(|t| now.duration_since(t) < WARN_EVERY) {
+                let warn_now = match last_warn {
+                    None => true,
+                    Some(t) => now.duration_since(t) >= WARN_EVERY,
+                };
+                if warn_now {
                     tracing::warn!(sink = %shared.name, error = %message, retry_in_ms = backoff.as_millis() as u64, "RabbitMQ is unreachable; retrying with backoff");
                     last_warn = Some(now);
                 } else {
