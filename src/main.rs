@@ -210,7 +210,7 @@ fn serve(config: Option<PathBuf>) -> Result<ExitCode, Failure> {
         let running = hookbridge::app::start(settings, hookbridge::app::Options::default())
             .await
             .map_err(|e| Failure::other(e.to_string()))?;
-        tokio::spawn(reload_on_sighup(running.state.clone(), path));
+        tokio::spawn(reload_config(running.state.clone(), path));
         shutdown_signal().await;
         running.shutdown().await;
         Ok::<_, Failure>(())
@@ -235,25 +235,43 @@ async fn shutdown_signal() {
     }
 }
 
-/// SIGHUP reloads the config file; an invalid one keeps the running config and logs why.
-async fn reload_on_sighup(state: std::sync::Arc<hookbridge::app::State>, path: PathBuf) {
+/// Reloads the config file on SIGHUP, and when its content changes (a Kubernetes ConfigMap is
+/// updated in place, and a container without a shell cannot be sent SIGHUP). An invalid file
+/// keeps the running config and logs why.
+async fn reload_config(state: std::sync::Arc<hookbridge::app::State>, path: PathBuf) {
     use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot listen for SIGHUP; config reload is off");
-        return;
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; reloading on file changes only");
+            None
+        }
     };
-    while hup.recv().await.is_some() {
+    let read = |path: PathBuf| async move { tokio::fs::read(path).await.ok() };
+    let mut seen = read(path.clone()).await;
+    loop {
+        let trigger = tokio::select! {
+            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => "SIGHUP",
+            () = tokio::time::sleep(hookbridge::app::FILE_POLL_INTERVAL) => {
+                let now = read(path.clone()).await;
+                if now.is_none() || now == seen {
+                    continue;
+                }
+                seen = now;
+                "file change"
+            }
+        };
         let loaded = {
             let path = path.clone();
             tokio::task::spawn_blocking(move || config::load(&path)).await
         };
         match loaded {
             Ok(Ok(settings)) => match state.reload(settings).await {
-                Ok(()) => tracing::info!(config = %path.display(), "config reloaded"),
-                Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
+                Ok(()) => tracing::info!(config = %path.display(), trigger, "config reloaded"),
+                Err(e) => tracing::error!(error = %e, trigger, "config reload failed; keeping the running config"),
             },
-            Ok(Err(e)) => tracing::error!(error = %e, "config reload refused; keeping the running config"),
-            Err(e) => tracing::error!(error = %e, "config reload failed; keeping the running config"),
+            Ok(Err(e)) => tracing::error!(error = %e, trigger, "config reload refused; keeping the running config"),
+            Err(e) => tracing::error!(error = %e, trigger, "config reload failed; keeping the running config"),
         }
     }
 }

@@ -435,7 +435,7 @@ async fn a_request_from_outside_the_allow_list_is_refused() {
 }
 
 #[tokio::test]
-async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
+async fn sighup_or_a_changed_file_applies_a_valid_config_and_a_broken_one_keeps_the_old() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("events.jsonl");
     let yaml_for = |topic: &str| {
@@ -497,6 +497,26 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
     let text = std::fs::read_to_string(&out).unwrap();
     let destinations: Vec<_> = text.lines().map(|l| l.contains("\"destination\":\"first\"")).collect();
     assert!(destinations[0] && destinations[1], "{text}");
+
+    // No signal at all: a changed file is picked up by itself (a ConfigMap updated in place).
+    std::fs::write(&cfg, served.with_ports(&yaml_for("third"))).unwrap();
+    let started = Instant::now();
+    loop {
+        i += 1;
+        let status = post_signed(addr, event(&format!("evt_h{i}"), "invoice.paid"))
+            .await
+            .status;
+        assert_eq!(status, StatusCode::OK);
+        let text = std::fs::read_to_string(&out).unwrap();
+        if text.lines().last().unwrap().contains("\"destination\":\"third\"") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "the changed file was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert!(Command::new("kill")
         .args(["-TERM", &served.child.id().to_string()])
         .status()
@@ -507,5 +527,7 @@ async fn sighup_applies_a_valid_config_and_keeps_the_old_one_when_broken() {
     let mut logs = String::new();
     std::io::Read::read_to_string(&mut served.child.stderr.take().unwrap(), &mut logs).unwrap();
     assert!(logs.contains("config reload refused"), "{logs}");
-    assert!(logs.contains("config reloaded"), "{logs}");
+    let reloads: Vec<_> = logs.lines().filter(|l| l.contains("config reloaded")).collect();
+    assert!(reloads.iter().any(|l| l.contains("SIGHUP")), "{logs}");
+    assert!(reloads.iter().any(|l| l.contains("file change")), "{logs}");
 }
