@@ -340,13 +340,14 @@ async fn vhost_and_credentials_from_the_url() {
 
     let exchange = unique("ex");
     let queue = unique("q");
-    let sinks = |url: &str| {
+    let sinks = |url: &str, password: &str| {
         format!(
             r#"
 sinks:
   amqp:
     kind: rabbitmq
     url: "{url}"
+{password}
     exchange: "{exchange}"
     connect_timeout: "2s"
 {}
@@ -357,8 +358,13 @@ routes:
             one_queue(&queue, &["#"])
         )
     };
-    let url = format!("amqp://{user}:{password}@127.0.0.1:5672/{vhost}");
-    let bridge = spawn(&yaml(&sinks(&url))).await;
+    // The password from a secret source, the user and vhost from the url.
+    let url = format!("amqp://{user}@127.0.0.1:5672/{vhost}");
+    let bridge = spawn(&yaml(&sinks(
+        &url,
+        &format!("    password: {{ value: \"{password}\" }}"),
+    )))
+    .await;
     wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
     let id = unique("evt_vh");
     assert_eq!(
@@ -385,7 +391,7 @@ routes:
     // A wrong password: the bridge starts, is not ready, answers 503, and says so without the
     // password anywhere.
     let wrong = format!("amqp://{user}:wrong-{password}@127.0.0.1:5672/{vhost}");
-    let bridge = spawn(&yaml(&sinks(&wrong))).await;
+    let bridge = spawn(&yaml(&sinks(&wrong, ""))).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ready = get(bridge.admin_addr, "/readyz").await;
     assert_eq!(ready.status, 503);

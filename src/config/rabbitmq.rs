@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::raw::duration;
+use super::secret::SecretSource;
 use super::Problems;
 
 /// An AMQP 0-9-1 connection with publisher confirms.
@@ -15,6 +16,10 @@ pub struct RabbitMqSinkConfig {
     /// roots). The vhost is URL-encoded: `/` is `%2f`. Query options such as `?heartbeat=30` are
     /// passed to the client. Printed with the password redacted.
     pub url: String,
+    /// The password, from `env`, `file` or `value`, instead of in `url` (which then names only
+    /// the user: `amqps://bridge@host/vhost`). Read at start-up.
+    #[serde(default)]
+    pub password: Option<SecretSource>,
     /// Exchange to publish to; declared durable with `exchange_type` unless it already exists.
     /// The empty string is RabbitMQ's default exchange (routing key = queue name), never declared.
     pub exchange: String,
@@ -77,6 +82,7 @@ impl std::fmt::Debug for RabbitMqSinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RabbitMqSinkConfig")
             .field("url", &redact_url(&self.url))
+            .field("password", &self.password)
             .field("exchange", &self.exchange)
             .field("exchange_type", &self.exchange_type)
             .field("queues", &self.queues)
@@ -94,6 +100,17 @@ impl RabbitMqSinkConfig {
             problems.push(format!("{path}.url"), "must start with amqp:// or amqps://");
         } else if let Err(e) = parse_url(&self.url) {
             problems.push(format!("{path}.url"), e);
+        }
+        if let Some(source) = &self.password {
+            if url_has_password(&self.url) {
+                problems.push(
+                    format!("{path}.password"),
+                    "the url holds a password too; set it in one place",
+                );
+            }
+            if let Err(e) = source.load() {
+                problems.push(format!("{path}.password"), e);
+            }
         }
         if self.exchange.len() > 255 {
             problems.push(format!("{path}.exchange"), "must be at most 255 bytes");
@@ -151,8 +168,12 @@ impl RabbitMqSinkConfig {
     /// One line for `check-config`: URL (password redacted), exchange and declared topology.
     pub fn summary(&self) -> String {
         let mut out = format!(
-            "url {} exchange {} ({}) max_in_flight {}",
+            "url {}{} exchange {} ({}) max_in_flight {}",
             redact_url(&self.url),
+            self.password
+                .as_ref()
+                .map(|p| format!(" password {p}"))
+                .unwrap_or_default(),
             if self.exchange.is_empty() {
                 "\"\" (default)"
             } else {
@@ -182,6 +203,13 @@ fn parse_url(url: &str) -> Result<(), String> {
 #[cfg(not(feature = "amqp"))]
 fn parse_url(_url: &str) -> Result<(), String> {
     Ok(())
+}
+
+/// Whether `url`'s authority holds `user:password@`.
+pub fn url_has_password(url: &str) -> bool {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let authority = &rest[..rest.find('/').unwrap_or(rest.len())];
+    authority.rfind('@').is_some_and(|at| authority[..at].contains(':'))
 }
 
 /// `amqp://user:secret@host/vhost` → `amqp://user:***@host/vhost`.
@@ -297,6 +325,25 @@ routes:
             assert!(joined.contains(key), "{key} missing in:\n{joined}");
         }
         assert!(!joined.contains("secretpw"), "a problem echoes the password:\n{joined}");
+    }
+
+    #[test]
+    fn password_from_a_secret_source() {
+        let ok =
+            problems("    kind: rabbitmq\n    url: amqp://bridge@h/v\n    exchange: e\n    password: { value: pw }");
+        assert!(ok.is_empty(), "{ok:?}");
+        let both =
+            problems("    kind: rabbitmq\n    url: amqp://u:p@h/v\n    exchange: e\n    password: { value: pw }");
+        assert!(both.iter().any(|p| p.contains("sinks.amqp.password")), "{both:?}");
+        let unset = problems(
+            "    kind: rabbitmq\n    url: amqp://u@h/v\n    exchange: e\n    password: { env: HOOKBRIDGE_TEST_UNSET_PW }",
+        );
+        assert!(
+            unset.iter().any(|p| p.contains("HOOKBRIDGE_TEST_UNSET_PW")),
+            "{unset:?}"
+        );
+        assert!(super::url_has_password("amqp://u:p@h/v"));
+        assert!(!super::url_has_password("amqp://u@h/v") && !super::url_has_password("amqp://h:5672/v"));
     }
 
     #[test]

@@ -101,7 +101,12 @@ impl AmqpSink {
     /// Starts the sink and its supervisor. Does not wait for the broker: a broker that is down
     /// is not an error here, the sink connects when it can.
     pub async fn new(name: &str, config: &RabbitMqSinkConfig, ack_timeout: Duration) -> Result<AmqpSink, String> {
-        let uri = connection::parse_uri(&config.url)?;
+        let mut uri = connection::parse_uri(&config.url)?;
+        if let Some(source) = &config.password {
+            let secret = source.load().map_err(|e| format!("password: {e}"))?;
+            uri.authority.userinfo.password =
+                String::from_utf8(secret.expose().to_vec()).map_err(|_| "password: not valid UTF-8".to_string())?;
+        }
         let endpoint = format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost);
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
