@@ -611,10 +611,7 @@ fn check_services(m: &Manifests, name: &str, pod: &Value, labels: &Value, r: &mu
                         resolve_port(containers, target)
                     ));
                 }
-                if at(ing, "spec.tls")
-                    .and_then(Value::as_array)
-                    .map_or(true, Vec::is_empty)
-                {
+                if at(ing, "spec.tls").and_then(Value::as_array).is_none_or(Vec::is_empty) {
                     r.problem(format!("Ingress {ing_name}: no TLS"));
                 }
                 let path = str_at(p, "path").unwrap_or("");
