@@ -63,6 +63,10 @@ struct Result_ {
     messages_per_sec: f64,
     body_bytes: f64,
     latency_ms: Latency,
+    /// CPU seconds of this program over the whole run, warm-up included.
+    cpu_s: Option<f64>,
+    /// Messages confirmed over the whole run, warm-up included (for CPU per message).
+    total_messages: u64,
     errors: u64,
     properties: std::collections::BTreeMap<String, String>,
 }
@@ -116,6 +120,7 @@ async fn main() {
         .collect();
     let shared = Arc::new((producer, bodies, envelopes, args.topic.clone()));
 
+    let cpu_at_start = report::process_cpu_seconds();
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
@@ -205,6 +210,8 @@ async fn main() {
         messages_per_sec: ok as f64 / window.as_secs_f64(),
         body_bytes: shared.1.mean_len(),
         latency_ms: Latency::from_histogram(&hist),
+        cpu_s: report::process_cpu_seconds().zip(cpu_at_start).map(|(e, s)| e - s),
+        total_messages: seq.load(std::sync::atomic::Ordering::Relaxed),
         errors,
         properties,
     };

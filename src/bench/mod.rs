@@ -309,6 +309,7 @@ impl Shared {
 
 /// Runs the plan and returns what it measured.
 pub async fn run(plan: Plan, bodies: Bodies, progress: bool) -> Summary {
+    let cpu_at_start = report::process_cpu_seconds();
     let start = Instant::now();
     let measure_from = start + plan.warmup;
     let end = measure_from + plan.duration;
@@ -375,6 +376,9 @@ pub async fn run(plan: Plan, bodies: Bodies, progress: bool) -> Summary {
         status: total.status.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
         errors: total.errors,
         unsent: total.unsent,
+        generator_cpu_s: report::process_cpu_seconds()
+            .zip(cpu_at_start)
+            .map(|(end, start)| end - start),
     }
 }
 

@@ -17,6 +17,19 @@ pub fn record(h: &mut Histogram<u64>, d: std::time::Duration) {
     h.saturating_record(us);
 }
 
+/// CPU seconds (user + system, all threads) this process has used so far, from `/proc/self/stat`;
+/// `None` where that is not readable. Assumes the usual `USER_HZ` of 100.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name may hold spaces: the fields we want follow its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3 of the man page, utime 14, stime 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct Latency {
@@ -78,6 +91,8 @@ pub struct Summary {
     pub errors: u64,
     /// Open-loop requests still queued when the run ended (the server fell far behind).
     pub unsent: u64,
+    /// CPU seconds the load generator itself used over the whole run, warm-up included.
+    pub generator_cpu_s: Option<f64>,
 }
 
 impl Summary {
@@ -141,6 +156,17 @@ mod tests {
     }
 
     #[test]
+    fn own_cpu_time_is_readable_and_grows() {
+        let before = process_cpu_seconds().expect("/proc/self/stat is readable on Linux");
+        let mut x = 0u64;
+        for i in 0..20_000_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        assert!(process_cpu_seconds().expect("readable") >= before);
+    }
+
+    #[test]
     fn all_ok_needs_only_2xx_and_no_errors() {
         let mut s = Summary {
             url: "u".into(),
@@ -155,6 +181,7 @@ mod tests {
             status: BTreeMap::from([("200".to_string(), 3)]),
             errors: 0,
             unsent: 0,
+            generator_cpu_s: None,
         };
         assert!(s.all_ok());
         s.status.insert("503".into(), 1);

@@ -1,0 +1,289 @@
+//! The RabbitMQ ceiling for `bench/run.sh`: what a publisher alone achieves with the bridge's
+//! delivery guarantees, keeping N publisher confirms in flight — what the bridge does per request,
+//! minus HTTP and verification.
+//!
+//! URL, exchange and queues come from the same config file the bridge is run with; the topology
+//! is declared the same way (durable exchange, durable queues bound to it). Every message is
+//! persistent (`delivery_mode` 2), mandatory, with the bridge's properties and headers, and counts
+//! only when acked without being returned. By default each in-flight publish has its own channel,
+//! as in the sink; `--channels K` spreads them over K channels instead (pipelined confirms).
+//!
+//! ```text
+//! cargo run --release --example amqp_ceiling -- --config bench/configs/rabbitmq.yaml \
+//!     --in-flight 64 --duration 10s --size 4096 --json
+//! ```
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use hookbridge::bench::body::{run_tag, Bodies};
+use hookbridge::bench::report::{self, Latency};
+use hookbridge::config::{self, RawSink};
+use hookbridge::event::EventMeta;
+use hookbridge::sink::Envelope;
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
+
+#[derive(Parser)]
+struct Args {
+    /// The bridge config whose RabbitMQ sink settings to use.
+    #[arg(long)]
+    config: PathBuf,
+    /// The sink's name in that config (default: its only rabbitmq sink).
+    #[arg(long)]
+    sink: Option<String>,
+    /// Publishes in flight, each awaiting its own confirm.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Channels to spread them over (default: one per publish in flight, as the sink does).
+    #[arg(long)]
+    channels: Option<usize>,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    warmup: Duration,
+    #[arg(long, default_value = "tests/fixtures")]
+    fixtures: PathBuf,
+    #[arg(long, value_parser = hookbridge::bench::parse_size)]
+    size: Option<usize>,
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(serde::Serialize)]
+struct Outcome {
+    tool: &'static str,
+    in_flight: usize,
+    channels: usize,
+    duration_s: f64,
+    messages: u64,
+    messages_per_sec: f64,
+    body_bytes: f64,
+    latency_ms: Latency,
+    /// CPU seconds of this program over the whole run, warm-up included.
+    cpu_s: Option<f64>,
+    /// Messages confirmed over the whole run, warm-up included (for CPU per message).
+    total_messages: u64,
+    errors: u64,
+    returned: u64,
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let settings = config::load(&args.config).unwrap_or_else(|e| {
+        eprintln!("amqp_ceiling: {e}");
+        std::process::exit(2)
+    });
+    let rabbit = settings
+        .sinks
+        .iter()
+        .find_map(|s| match &s.config {
+            RawSink::Rabbitmq(r) if args.sink.as_ref().is_none_or(|n| *n == s.name) => Some(r.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| {
+            eprintln!("amqp_ceiling: no rabbitmq sink in {}", args.config.display());
+            std::process::exit(2)
+        });
+
+    // Other work on this machine may be restarting the broker: wait up to a minute for it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let conn = loop {
+        match Connection::connect(&rabbit.url, ConnectionProperties::default()).await {
+            Ok(c) => break c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("amqp_ceiling: cannot connect yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                eprintln!("amqp_ceiling: cannot connect: {e}");
+                std::process::exit(1)
+            }
+        }
+    };
+    // The sink's topology: a durable exchange, durable queues bound to it.
+    let setup = conn.create_channel().await.unwrap();
+    if !rabbit.exchange.is_empty() {
+        let kind = match rabbit.exchange_type.as_str() {
+            "direct" => ExchangeKind::Direct,
+            "fanout" => ExchangeKind::Fanout,
+            "headers" => ExchangeKind::Headers,
+            _ => ExchangeKind::Topic,
+        };
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        setup
+            .exchange_declare(&rabbit.exchange, kind, durable, FieldTable::default())
+            .await
+            .unwrap();
+    }
+    for q in &rabbit.queues {
+        let mut qargs = FieldTable::default();
+        qargs.insert(
+            ShortString::from("x-queue-type"),
+            AMQPValue::LongString(LongString::from(q.queue_type.as_str())),
+        );
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        setup.queue_declare(&q.name, durable, qargs).await.unwrap();
+        for key in &q.bindings {
+            setup
+                .queue_bind(
+                    &q.name,
+                    &rabbit.exchange,
+                    key,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let n_channels = args.channels.unwrap_or(args.in_flight).clamp(1, args.in_flight.max(1));
+    let mut channels = Vec::with_capacity(n_channels);
+    for _ in 0..n_channels {
+        let ch = conn.create_channel().await.unwrap();
+        ch.confirm_select(ConfirmSelectOptions::default()).await.unwrap();
+        channels.push(ch);
+    }
+
+    let bodies = Bodies::load(&args.fixtures, args.size, run_tag(std::process::id() as u64 ^ 0x616d)).unwrap();
+    let envelopes: Vec<Envelope> = (0..bodies.templates().len() as u64)
+        .map(|i| {
+            let (_, body) = bodies.make(i);
+            let meta = EventMeta::parse(&body).unwrap();
+            let signature = hookbridge::verify::sign(b"whsec_ceiling", hookbridge::verify::unix_now(), &body);
+            Envelope {
+                payload: body,
+                meta,
+                signature,
+            }
+        })
+        .collect();
+    let shared = Arc::new((bodies, envelopes, rabbit.exchange.clone()));
+
+    let cpu_at_start = report::process_cpu_seconds();
+    let start = Instant::now();
+    let measure_from = start + args.warmup;
+    let end = measure_from + args.duration;
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..args.in_flight {
+        let shared = shared.clone();
+        let seq = seq.clone();
+        let ch = channels[i % n_channels].clone();
+        tasks.push(tokio::spawn(async move {
+            let (bodies, envelopes, exchange) = &*shared;
+            let mut hist = report::new_histogram();
+            let (mut ok, mut errors, mut returned, mut last) = (0u64, 0u64, 0u64, None);
+            loop {
+                let sent = Instant::now();
+                if sent >= end {
+                    break;
+                }
+                let i = seq.fetch_add(1, Ordering::Relaxed);
+                let (_, body) = bodies.make(i);
+                let template = &envelopes[(i % envelopes.len() as u64) as usize];
+                let id = std::str::from_utf8(&body[..]).ok().and_then(id_of).unwrap_or_default();
+                let mut headers = FieldTable::default();
+                for (name, value) in template.headers() {
+                    let value = if name == "stripe-event-id" { id } else { value };
+                    headers.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value)));
+                }
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type(ShortString::from("application/json"))
+                    .with_message_id(ShortString::from(id))
+                    .with_type(ShortString::from(template.meta.event_type.as_str()))
+                    .with_headers(headers);
+                let options = BasicPublishOptions {
+                    mandatory: true,
+                    ..Default::default()
+                };
+                let confirm = ch
+                    .basic_publish(exchange, &template.meta.event_type, options, &body, properties)
+                    .await;
+                let outcome = match confirm {
+                    Ok(c) => c.await,
+                    Err(e) => Err(e),
+                };
+                let done = Instant::now();
+                if sent < measure_from {
+                    continue;
+                }
+                match outcome {
+                    Ok(Confirmation::Ack(None)) => {
+                        report::record(&mut hist, done - sent);
+                        ok += 1;
+                    }
+                    Ok(Confirmation::Ack(Some(_))) => returned += 1,
+                    _ => errors += 1,
+                }
+                last = Some(done);
+            }
+            (hist, ok, errors, returned, last)
+        }));
+    }
+    let mut hist = report::new_histogram();
+    let (mut ok, mut errors, mut returned, mut last) = (0, 0, 0, None);
+    for task in tasks {
+        let (h, o, e, r, l) = task.await.unwrap();
+        hist.add(&h).unwrap();
+        ok += o;
+        errors += e;
+        returned += r;
+        last = last.max(l);
+    }
+    let window = last.map(|l: Instant| l - measure_from).unwrap_or(args.duration);
+    let r = Outcome {
+        tool: "amqp_ceiling",
+        in_flight: args.in_flight,
+        channels: n_channels,
+        duration_s: window.as_secs_f64(),
+        messages: ok,
+        messages_per_sec: ok as f64 / window.as_secs_f64(),
+        body_bytes: shared.0.mean_len(),
+        latency_ms: Latency::from_histogram(&hist),
+        cpu_s: report::process_cpu_seconds().zip(cpu_at_start).map(|(e, s)| e - s),
+        total_messages: seq.load(std::sync::atomic::Ordering::Relaxed),
+        errors,
+        returned,
+    };
+    let _ = conn.close(200, "bye").await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r).unwrap());
+    } else {
+        println!(
+            "rabbitmq ceiling, {} in flight on {} channel(s): {} messages in {:.2} s = {:.1} msg/s, errors {}, returned {}\nlatency {}",
+            r.in_flight,
+            r.channels,
+            r.messages,
+            r.duration_s,
+            r.messages_per_sec,
+            r.errors,
+            r.returned,
+            r.latency_ms.line()
+        );
+    }
+}
+
+/// The generated event id inside a body: the first `"evt_…"` string.
+fn id_of(body: &str) -> Option<&str> {
+    let at = body.find("\"evt_")? + 1;
+    let len = body[at..].find('"')?;
+    Some(&body[at..at + len])
+}
