@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test: starts a real Kafka and a real RabbitMQ on 127.0.0.1 (leaving them running for
-# the next run), makes sure Stripe's SDKs are installed, then runs the whole cargo test suite.
-# Tests that need a broker fail, loudly, when it is missing; none is skipped.
+# the next run), makes sure Stripe's SDKs and Helm are installed, then runs the whole cargo test
+# suite (unit, integration, and the benches once in test mode). Tests that need a broker fail,
+# loudly, when it is missing; none is skipped. Ends with one line: "N passed, N failed".
 #
 #   scripts/test.sh [extra cargo test args]
 set -euo pipefail
@@ -9,7 +10,17 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$here"
 
 "$here/deploy/local/stripe-sdk.sh"
+"$here/deploy/helm/install-helm.sh" >/dev/null
 "$here/deploy/local/kafka.sh" start
 "$here/deploy/local/rabbitmq.sh" start
 
-cargo test --all-targets "$@"
+log="$(mktemp)"
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test --lib --bins --tests --benches "$@" 2>&1 | tee "$log" || status=$?
+summary=$(awk '/^test result:/ { for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+  END { printf "tests: %d passed, %d failed\n", p, f }' "$log")
+mkdir -p target
+echo "$summary" > target/test-summary.txt
+echo "$summary"
+exit "$status"
