@@ -77,6 +77,8 @@ class Results:
 
     def runs(self, scenario):
         names = [f"{scenario}-c{c}" for c in self.conc] + [f"{scenario}-r{self.rate}"]
+        if scenario == "kafka" and os.path.exists(os.path.join(self.d, f"kafka-linger1ms-r{self.rate}.json")):
+            names.append(f"kafka-linger1ms-r{self.rate}")
         return [(n, self.bench(n), self.proc(n)) for n in names]
 
     def criterion(self, group, ident):
@@ -234,6 +236,44 @@ def write_markdown(r, out_md, svg_name):
             lo = min(ks["messages_per_sec"], rs["messages_per_sec"])
             L.append(f"| fan-out (vs the slower ceiling) | {c} | {lo:,.0f} | | {b['requests_per_sec']:,.0f} | "
                      f"{b['latency_ms']['p50']:.2f} / {b['latency_ms']['p99']:.2f} | {b['requests_per_sec'] / lo:.0%} |")
+    L.append("")
+
+    # ---- CPU budget
+    L.append("## CPU per event")
+    L.append("")
+    L.append("CPU time (user + system, all threads) of each process over the whole run, warm-up included, divided by "
+             "the events of that run, in µs. The brokers' figures include whatever else used them meanwhile (other "
+             "tests on this machine). On 2 cores, 2,000,000 µs/s divided by the total bounds the rate the machine "
+             "can reach in that setup, whatever the code does.")
+    L.append("")
+    L.append("| run | load generator | bridge / ceiling program | Kafka broker | RabbitMQ broker | total | 2-core bound/s |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+
+    def per(x, n):
+        return x / n * 1e6 if x is not None and n else None
+
+    rows = []
+    for s_, _ in SCENARIOS:
+        for n, b, p in r.runs(s_):
+            if b and p and p.get("events"):
+                ev = p["events"]
+                rows.append((n, per(b.get("generator_cpu_s"), ev), per(p.get("cpu_s"), ev),
+                             per(p.get("kafka_cpu_s"), ev), per(p.get("rabbitmq_cpu_s"), ev)))
+        for c in r.conc:
+            ceil, p = r.bench(f"{s_}-ceiling-c{c}"), r.proc(f"{s_}-ceiling-c{c}")
+            if ceil and ceil.get("total_messages"):
+                ev = ceil["total_messages"]
+                rows.append((f"{s_}-ceiling-c{c}", None, per(ceil.get("cpu_s"), ev),
+                             per((p or {}).get("kafka_cpu_s"), ev), per((p or {}).get("rabbitmq_cpu_s"), ev)))
+    for n, g, br, k, rb in rows:
+        relevant = [g, br] + ([k] if not n.startswith("rabbitmq") and not n.startswith("discard") else []) \
+            + ([rb] if n.startswith("rabbitmq") or n.startswith("fanout") else [])
+        total = sum(x for x in relevant if x is not None)
+        bound = f"{2e6 / total:,.0f}" if total and "-r" not in n else "–"  # open loop: mostly idle
+        L.append(f"| {n} | {fmt(g, 1)} | {fmt(br, 1)} | {fmt(k, 1)} | {fmt(rb, 1)} | {total:,.1f} | "
+                 f"{bound} |")
+    L.append("")
+    L.append("The total counts only the processes on the path of that run (no broker for the discard sink).")
     L.append("")
 
     # ---- micro

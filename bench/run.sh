@@ -41,6 +41,15 @@ die() { say "ERROR: $*"; exit 1; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 status_kib() { awk -v k="$2:" '$1 == k {print $2}' "/proc/$1/status"; }
+kafka_pid() { cat "${HOOKBRIDGE_KAFKA_DIR:-${HOOKBRIDGE_CACHE:-$HOME/.cache/hookbridge}/kafka/run}/kafka.pid" 2>/dev/null || true; }
+rabbit_pid() { pgrep -o -x beam.smp 2>/dev/null || true; }
+# broker_ticks: "KAFKA_TICKS RABBIT_TICKS" (0 for a broker not running).
+broker_ticks() {
+  local k r
+  k="$(kafka_pid)"; r="$(rabbit_pid)"
+  echo "$( [[ -n "$k" ]] && cpu_ticks "$k" 2>/dev/null || echo 0) $( [[ -n "$r" ]] && cpu_ticks "$r" 2>/dev/null || echo 0)"
+}
+secs() { awk -v a="$1" -v b="$2" -v hz="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / hz}'; }
 purge_queue() { deploy/local/rabbitmq.sh ctl purge_queue "$QUEUE" >/dev/null 2>&1 || true; }
 
 stop_bridge() {
@@ -99,16 +108,18 @@ load() {
   for attempt in 1 2; do
     [[ "$run" == rabbitmq-* || "$run" == fanout-* ]] && purge_queue
     echo 5 >"/proc/$BRIDGE/clear_refs" 2>/dev/null || true # resets VmHWM to the current RSS
-    local t0 n0 t1 n1
+    local t0 n0 t1 n1 k0 r0 k1 r1
+    read -r k0 r0 <<<"$(broker_ticks)"
     t0="$(cpu_ticks "$BRIDGE")"
     n0="$(requests_total)"
     "$BIN" bench --url "http://127.0.0.1:$PORT/webhooks/stripe" --secret "$SECRET" --size "$SIZE" \
       --duration "$DURATION" --warmup "$WARMUP" --json "$@" >"$OUT/$run.json" 2>"$OUT/$run.progress" || true
     t1="$(cpu_ticks "$BRIDGE")"
     n1="$(requests_total)"
-    printf '{"cpu_s": %s, "events": %d, "peak_rss_kib": %s, "attempt": %d}\n' \
-      "$(awk -v a="$t0" -v b="$t1" -v hz="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / hz}')" \
-      "$((n1 - n0))" "$(status_kib "$BRIDGE" VmHWM)" "$attempt" >"$OUT/$run.proc.json"
+    read -r k1 r1 <<<"$(broker_ticks)"
+    printf '{"cpu_s": %s, "events": %d, "peak_rss_kib": %s, "attempt": %d, "kafka_cpu_s": %s, "rabbitmq_cpu_s": %s}\n' \
+      "$(secs "$t0" "$t1")" "$((n1 - n0))" "$(status_kib "$BRIDGE" VmHWM)" "$attempt" \
+      "$(secs "$k0" "$k1")" "$(secs "$r0" "$r1")" >"$OUT/$run.proc.json"
     say "$run: $(line_of "$OUT/$run.json") $(cat "$OUT/$run.proc.json")"
     all_ok "$OUT/$run.json" && return 0
     say "$run: not every request was answered 2xx; $([[ $attempt == 1 ]] && echo retrying once || echo keeping the result)"
@@ -123,10 +134,14 @@ ceiling() {
   broker="$([[ "$kind" == amqp ]] && echo rabbitmq || echo kafka)"
   for attempt in 1 2; do
     [[ "$kind" == amqp ]] && purge_queue
+    local k0 r0 k1 r1
+    read -r k0 r0 <<<"$(broker_ticks)"
     if "$EXAMPLES/${kind}_ceiling" --size "$SIZE" --duration "$DURATION" --warmup "$WARMUP" --json "$@" \
       >"$OUT/$run.json" 2>"$OUT/$run.log" &&
       python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["errors"] == 0 else 1)' "$OUT/$run.json"; then
-      say "$run: $(line_of "$OUT/$run.json")"
+      read -r k1 r1 <<<"$(broker_ticks)"
+      printf '{"kafka_cpu_s": %s, "rabbitmq_cpu_s": %s}\n' "$(secs "$k0" "$k1")" "$(secs "$r0" "$r1")" >"$OUT/$run.proc.json"
+      say "$run: $(line_of "$OUT/$run.json") $(cat "$OUT/$run.proc.json")"
       return 0
     fi
     say "$run: failed or saw errors (see $OUT/$run.log); $([[ $attempt == 1 ]] && echo retrying once || echo keeping what it wrote)"
@@ -180,6 +195,10 @@ scenario discard "$CFG/discard.yaml"
 say "scenario 2: Kafka"
 for c in $CONCURRENCIES; do ceiling kafka "kafka-ceiling-c$c" --config "$CFG/kafka.yaml" --topic "$TOPIC" --in-flight "$c"; done
 scenario kafka "$CFG/kafka.yaml"
+# The sink's default linger (librdkafka's 5 ms) against 1 ms, at the fixed rate: latency's share.
+HOOKBRIDGE__SINKS__EVENTS__LINGER=1ms start_bridge kafka-linger1ms "$CFG/kafka.yaml"
+load "kafka-linger1ms-r$RATE" --rate "$RATE" --concurrency 64
+stop_bridge
 
 say "scenario 3: RabbitMQ"
 for c in $CONCURRENCIES; do ceiling amqp "rabbitmq-ceiling-c$c" --config "$CFG/rabbitmq.yaml" --in-flight "$c"; done
