@@ -335,7 +335,7 @@ NAMES = {"p50": "p50", "p90": "p90", "p99": "p99", "p999": "p99.9"}
 
 
 def write_svg(r, out_svg):
-    W, H = 980, 720
+    W, H = 1020, 720
     pw, ph = 400, 250
     origins = [(80, 60), (560, 60), (80, 400), (560, 400)]
     lat = []
@@ -357,7 +357,7 @@ def write_svg(r, out_svg):
            f'<text x="{W / 2}" y="24" text-anchor="middle" font-size="15">hookbridge: latency percentiles against '
            f'throughput, 4 KiB events ({r.run.get("started", "")[:10]}, {r.run.get("commit", "")[:8]})</text>']
     for (s, label), (ox, oy) in zip(SCENARIOS, origins):
-        runs = [(n, b) for n, b, _ in r.runs(s) if b]
+        runs = [(n, b) for n, b, _ in r.runs(s) if b and "linger" not in n]
         ceils = [(c, r.bench(f"{s}-ceiling-c{c}")) for c in r.conc]
         ceils = [(c, b) for c, b in ceils if b]
         xs = [b["requests_per_sec"] for _, b in runs] + [b["messages_per_sec"] for _, b in ceils]
@@ -410,7 +410,7 @@ def write_svg(r, out_svg):
         lx += 80
     out.append(f'<circle cx="{lx + 8}" cy="{H - 14}" r="5" fill="none" stroke="#333"/>'
                f'<text x="{lx + 18}" y="{H - 10}">broker ceiling (p50, p99)</text>')
-    out.append(f'<text x="{lx + 200}" y="{H - 10}">labels: c = closed loop at that concurrency, r = open loop at that rate</text>')
+    out.append(f'<text x="{lx + 190}" y="{H - 10}">c64/c256: closed loop at that concurrency; r1000: open loop at 1,000/s</text>')
     out.append("</svg>")
     with open(out_svg, "w") as f:
         f.write("\n".join(out) + "\n")
