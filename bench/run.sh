@@ -194,6 +194,7 @@ scenario discard "$CFG/discard.yaml"
 
 say "scenario 2: Kafka"
 for c in $CONCURRENCIES; do ceiling kafka "kafka-ceiling-c$c" --config "$CFG/kafka.yaml" --topic "$TOPIC" --in-flight "$c"; done
+ceiling kafka "kafka-ceiling-r$RATE" --config "$CFG/kafka.yaml" --topic "$TOPIC" --in-flight 64 --rate "$RATE"
 scenario kafka "$CFG/kafka.yaml"
 # The sink's default linger (librdkafka's 5 ms) against 1 ms, at the fixed rate: latency's share.
 HOOKBRIDGE__SINKS__EVENTS__LINGER=1ms start_bridge kafka-linger1ms "$CFG/kafka.yaml"
@@ -202,7 +203,13 @@ stop_bridge
 
 say "scenario 3: RabbitMQ"
 for c in $CONCURRENCIES; do ceiling amqp "rabbitmq-ceiling-c$c" --config "$CFG/rabbitmq.yaml" --in-flight "$c"; done
+ceiling amqp "rabbitmq-ceiling-r$RATE" --config "$CFG/rabbitmq.yaml" --in-flight 64 --rate "$RATE"
 scenario rabbitmq "$CFG/rabbitmq.yaml"
+# Idle memory with a smaller AMQP frame_max: lapin keeps 32 frames of buffer each way, and
+# RabbitMQ's default frame_max (128 KiB) makes that 2 x 4 MiB.
+HOOKBRIDGE__SINKS__AMQP__URL="amqp://guest:guest@127.0.0.1:5672/%2f?frame_max=16384" \
+  start_bridge rabbitmq-framemax16k "$CFG/rabbitmq.yaml"
+stop_bridge
 purge_queue
 
 say "scenario 4: fan-out to Kafka and RabbitMQ"

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hookbridge::bench::body::{run_tag, Bodies};
 use hookbridge::bench::report::{self, Latency};
+use hookbridge::bench::schedule::Schedule;
 use hookbridge::config::{self, RawSink};
 use hookbridge::event::EventMeta;
 use hookbridge::sink::Envelope;
@@ -47,6 +48,10 @@ struct Args {
     /// Channels to spread them over (default: one per publish in flight, as the sink does).
     #[arg(long)]
     channels: Option<usize>,
+    /// Open loop: this many messages per second in all, spread over the in-flight slots; latency
+    /// is then measured from each message's intended send time, as `hookbridge bench --rate` does.
+    #[arg(long)]
+    rate: Option<f64>,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -63,6 +68,7 @@ struct Args {
 struct Outcome {
     tool: &'static str,
     in_flight: usize,
+    target_rate: Option<f64>,
     channels: usize,
     duration_s: f64,
     messages: u64,
@@ -180,18 +186,30 @@ async fn main() {
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
+    let schedule = args.rate.and_then(Schedule::new);
+    let slots = args.in_flight as u64;
     let seq = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for i in 0..args.in_flight {
+    for slot in 0..slots {
         let shared = shared.clone();
         let seq = seq.clone();
-        let ch = channels[i % n_channels].clone();
+        let ch = channels[slot as usize % n_channels].clone();
         tasks.push(tokio::spawn(async move {
+            let mut round = 0u64;
             let (bodies, envelopes, exchange) = &*shared;
             let mut hist = report::new_histogram();
             let (mut ok, mut errors, mut returned, mut last) = (0u64, 0u64, 0u64, None);
             loop {
-                let sent = Instant::now();
+                // Closed loop: send now. Open loop: this slot's next turn in the global schedule.
+                let sent = match schedule {
+                    None => Instant::now(),
+                    Some(s) => {
+                        let due = start + s.offset(slot + round * slots);
+                        round += 1;
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                };
                 if sent >= end {
                     break;
                 }
@@ -252,6 +270,7 @@ async fn main() {
     let r = Outcome {
         tool: "amqp_ceiling",
         in_flight: args.in_flight,
+        target_rate: args.rate,
         channels: n_channels,
         duration_s: window.as_secs_f64(),
         messages: ok,

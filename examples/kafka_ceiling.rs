@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hookbridge::bench::body::{run_tag, Bodies};
 use hookbridge::bench::report::{self, Latency};
+use hookbridge::bench::schedule::Schedule;
 use hookbridge::config::{self, RawSink};
 use hookbridge::event::EventMeta;
 use hookbridge::sink::Envelope;
@@ -42,6 +43,10 @@ struct Args {
     /// Messages in flight, each awaiting its own delivery report.
     #[arg(long, default_value_t = 64)]
     in_flight: usize,
+    /// Open loop: this many messages per second in all, spread over the in-flight slots; latency
+    /// is then measured from each message's intended send time, as `hookbridge bench --rate` does.
+    #[arg(long)]
+    rate: Option<f64>,
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     duration: Duration,
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
@@ -58,6 +63,7 @@ struct Args {
 struct Result_ {
     tool: &'static str,
     in_flight: usize,
+    target_rate: Option<f64>,
     duration_s: f64,
     messages: u64,
     messages_per_sec: f64,
@@ -124,12 +130,15 @@ async fn main() {
     let start = Instant::now();
     let measure_from = start + args.warmup;
     let end = measure_from + args.duration;
+    let schedule = args.rate.and_then(Schedule::new);
+    let slots = args.in_flight as u64;
     let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..args.in_flight {
+    for slot in 0..slots {
         let shared = shared.clone();
         let seq = seq.clone();
         tasks.push(tokio::spawn(async move {
+            let mut round = 0u64;
             let (producer, bodies, envelopes, topic) = &*shared;
             let mut t = Tally {
                 hist: report::new_histogram(),
@@ -138,7 +147,16 @@ async fn main() {
                 last: None,
             };
             loop {
-                let sent = Instant::now();
+                // Closed loop: send now. Open loop: this slot's next turn in the global schedule.
+                let sent = match schedule {
+                    None => Instant::now(),
+                    Some(s) => {
+                        let due = start + s.offset(slot + round * slots);
+                        round += 1;
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                };
                 if sent >= end {
                     break;
                 }
@@ -205,6 +223,7 @@ async fn main() {
     let r = Result_ {
         tool: "kafka_ceiling",
         in_flight: args.in_flight,
+        target_rate: args.rate,
         duration_s: window.as_secs_f64(),
         messages: ok,
         messages_per_sec: ok as f64 / window.as_secs_f64(),
