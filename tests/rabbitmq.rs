@@ -598,3 +598,24 @@ routes:
         "Kafka: once each (the 500 one too: its Kafka target confirmed)"
     );
 }
+
+#[tokio::test]
+async fn an_event_larger_than_one_frame_arrives_whole() {
+    // The sink asks for 16 KiB frames: a 300 KB event is split over many body frames and must
+    // arrive byte for byte.
+    let exchange = unique("ex_big");
+    let queue = unique("big");
+    let routes = "routes:\n  - match: \"*\"\n    to: [{ sink: amqp, routing_key: \"{type}\" }]\n";
+    let bridge = spawn(&yaml(&sink_yaml(&exchange, &one_queue(&queue, &["#"]), routes))).await;
+    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
+    let pad = "é".repeat(150_000);
+    let id = unique("evt_big");
+    let body = Bytes::from(format!(r#"{{"id":"{id}","type":"invoice.paid","pad":"{pad}"}}"#));
+    assert!(body.len() > 300_000);
+    assert_eq!(post_signed(bridge.webhook_addr, body.clone()).await.status, 200);
+    let (_conn, ch) = channel().await;
+    let got = drain(&ch, &queue).await;
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].delivery.data, body.to_vec());
+    bridge.shutdown().await;
+}
