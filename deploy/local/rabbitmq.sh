@@ -33,7 +33,10 @@ export RABBITMQ_PID_FILE="$BASE/rabbit.pid"
 export ERL_EPMD_ADDRESS=127.0.0.1            # epmd on loopback only
 export ERL_CRASH_DUMP="$LOG_DIR/erl_crash.dump"
 # Erlang distribution (port 25672) on loopback only.
-export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}"
+# Erlang schedulers busy-wait by default; on a small machine shared with the bridge and the load
+# generator that spinning takes CPU from them, so it is turned off (RabbitMQ's advice for
+# shared hosts).
+export RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1} +sbwt none +sbwtdcpu none +sbwtdio none"
 
 log() { echo "rabbitmq.sh: $*" >&2; }
 
