@@ -237,3 +237,90 @@ fn env_overrides_and_kubernetes_service_variables() {
 fn resolve_path_prefers_cli() {
     assert_eq!(resolve_path(Some("a.yaml".into())), PathBuf::from("a.yaml"));
 }
+
+#[test]
+fn the_reference_config_documents_every_key() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hookbridge.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    validate(parse_str(&text).unwrap()).unwrap();
+    for key in [
+        "listen:",
+        "admin_listen:",
+        "max_body_bytes:",
+        "ack_timeout:",
+        "endpoints:",
+        "tolerance:",
+        "secrets:",
+        "env:",
+        "file:",
+        "value:",
+        "sinks:",
+        "kind: kafka",
+        "kind: rabbitmq",
+        "kind: file",
+        "kind: discard",
+        "fsync:",
+        "delay:",
+        "routes:",
+        "match:",
+        "topic:",
+        "dedup:",
+        "capacity:",
+        "ttl:",
+        "log:",
+        "format:",
+        "level:",
+        "http:",
+        "header_read_timeout:",
+        "body_read_timeout:",
+        "max_concurrent_requests:",
+        "max_header_bytes:",
+        "tls:",
+        "cert_file:",
+        "key_file:",
+        "allow_networks:",
+        "client_ip_header:",
+        "trusted_proxies:",
+    ] {
+        assert!(text.contains(key), "config/hookbridge.yaml does not mention `{key}`");
+    }
+}
+
+/// The sinks that config/hookbridge.yaml shows commented out are real config too.
+#[test]
+#[allow(clippy::result_large_err)]
+fn the_commented_sinks_of_the_reference_config_are_valid() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/hookbridge.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    // Only the `sinks:` section is uncommented (the TLS example further down names files that do
+    // not exist here).
+    let mut in_sinks = false;
+    let uncommented: Vec<String> = text
+        .lines()
+        .map(|l| {
+            if !l.is_empty() && !l.starts_with(' ') && !l.starts_with('#') {
+                in_sinks = l.starts_with("sinks:");
+            }
+            let starts_block = ["  # events:", "  # amqp:", "  # dryrun:"]
+                .iter()
+                .any(|b| l.starts_with(b));
+            if in_sinks && (starts_block || l.starts_with("  #   ")) {
+                format!("  {}", &l[4..])
+            } else if in_sinks && l == "  #" {
+                String::new()
+            } else {
+                l.to_string()
+            }
+        })
+        .collect();
+    let uncommented = uncommented.join("\n");
+    assert!(uncommented.contains("\n  events:\n    kind: kafka"), "{uncommented}");
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("KAFKA_SASL_PASSWORD", "x");
+        jail.set_env("RABBITMQ_PASSWORD", "y");
+        let s = validate(parse_str(&uncommented).map_err(|e| e.to_string())?).map_err(|p| format!("{p:?}"))?;
+        let kinds: Vec<_> = s.sinks.iter().map(|s| s.config.kind()).collect();
+        assert_eq!(kinds, ["rabbitmq", "discard", "kafka", "file"]);
+        Ok(())
+    });
+}
