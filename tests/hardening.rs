@@ -29,9 +29,7 @@ fn replace_file(path: &Path, content: &str) {
 async fn post_with(addr: std::net::SocketAddr, secret: &str, id: &str) -> StatusCode {
     let body = event(id, "invoice.paid");
     let sig = sign(secret, &body);
-    request(addr, Method::POST, PATH, &[("stripe-signature", &sig)], body)
-        .await
-        .status
+    post_with_signature(addr, &sig, body).await.status
 }
 
 #[tokio::test]

@@ -48,14 +48,7 @@ async fn valid_event_is_published_byte_for_byte_then_acknowledged() {
         b"{\n  \"id\": \"evt_byte\",\n  \"object\": \"event\",\n  \"api_version\": \"2024-06-20\",\n  \"data\": {\"object\": {\"id\": \"pi_1\", \"note\": \"caf\\u00e9 \xc3\xa9\"}},\n  \"livemode\": false,\n  \"type\": \"payment_intent.succeeded\"\n}\n",
     );
     let sig = sign(SECRET, &body);
-    let answer = request(
-        bridge.webhook_addr,
-        Method::POST,
-        PATH,
-        &[("stripe-signature", &sig)],
-        body.clone(),
-    )
-    .await;
+    let answer = post_with_signature(bridge.webhook_addr, &sig, body.clone()).await;
     assert_eq!(answer.status, StatusCode::OK);
     assert_eq!(&answer.body[..], br#"{"received":true}"#);
     let records = mem.records();
@@ -143,14 +136,7 @@ async fn signature_header_missing_empty_or_malformed_is_400() {
     .await;
     assert_error(&a, StatusCode::BAD_REQUEST, "missing_signature");
     for bad in ["t=abc,v1=00", "v1=00", "t=1700000000", "garbage", "t=1,t=2,v1=00"] {
-        let a = request(
-            bridge.webhook_addr,
-            Method::POST,
-            PATH,
-            &[("stripe-signature", bad)],
-            body.clone(),
-        )
-        .await;
+        let a = post_with_signature(bridge.webhook_addr, bad, body.clone()).await;
         assert_error(&a, StatusCode::BAD_REQUEST, "malformed_signature");
     }
     assert!(mem.records().is_empty());
@@ -162,14 +148,7 @@ async fn no_matching_signature_is_400_without_echoing_anything() {
     let (bridge, mem) = one_sink().await;
     let body = event("evt_sig", "charge.succeeded");
     let wrong = verify::sign(b"whsec_wrong", verify::unix_now(), &body);
-    let a = request(
-        bridge.webhook_addr,
-        Method::POST,
-        PATH,
-        &[("stripe-signature", &wrong)],
-        body.clone(),
-    )
-    .await;
+    let a = post_with_signature(bridge.webhook_addr, &wrong, body.clone()).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "signature_mismatch");
     let text = String::from_utf8_lossy(&a.body);
     assert!(
@@ -180,14 +159,7 @@ async fn no_matching_signature_is_400_without_echoing_anything() {
     let sig = sign(SECRET, &body);
     let mut tampered = body.to_vec();
     tampered[10] ^= 1;
-    let a = request(
-        bridge.webhook_addr,
-        Method::POST,
-        PATH,
-        &[("stripe-signature", &sig)],
-        tampered.into(),
-    )
-    .await;
+    let a = post_with_signature(bridge.webhook_addr, &sig, tampered.into()).await;
     assert_error(&a, StatusCode::BAD_REQUEST, "signature_mismatch");
     assert!(mem.records().is_empty());
     bridge.shutdown().await;
@@ -199,25 +171,11 @@ async fn timestamp_outside_tolerance_is_400_past_and_future() {
     let body = event("evt_t", "charge.succeeded");
     for offset in [-301, 301, -3600, 86_400] {
         let sig = verify::sign(SECRET.as_bytes(), verify::unix_now() + offset, &body);
-        let a = request(
-            bridge.webhook_addr,
-            Method::POST,
-            PATH,
-            &[("stripe-signature", &sig)],
-            body.clone(),
-        )
-        .await;
+        let a = post_with_signature(bridge.webhook_addr, &sig, body.clone()).await;
         assert_error(&a, StatusCode::BAD_REQUEST, "timestamp_out_of_tolerance");
     }
     let sig = verify::sign(SECRET.as_bytes(), verify::unix_now() - 240, &body);
-    let a = request(
-        bridge.webhook_addr,
-        Method::POST,
-        PATH,
-        &[("stripe-signature", &sig)],
-        body,
-    )
-    .await;
+    let a = post_with_signature(bridge.webhook_addr, &sig, body).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(mem.records().len(), 1);
     bridge.shutdown().await;
@@ -440,14 +398,7 @@ async fn rotated_secrets_any_one_matches() {
     for (i, secret) in ["whsec_old", "whsec_new"].iter().enumerate() {
         let body = event(&format!("evt_rot{i}"), "charge.succeeded");
         let sig = sign(secret, &body);
-        let a = request(
-            bridge.webhook_addr,
-            Method::POST,
-            PATH,
-            &[("stripe-signature", &sig)],
-            body,
-        )
-        .await;
+        let a = post_with_signature(bridge.webhook_addr, &sig, body).await;
         assert_eq!(a.status, StatusCode::OK);
     }
     // Stripe sends both signatures during its own rotation window.
@@ -458,14 +409,7 @@ async fn rotated_secrets_any_one_matches() {
         hex::encode(verify::compute_signature(b"whsec_other", t, &body)),
         hex::encode(verify::compute_signature(b"whsec_new", t, &body))
     );
-    let a = request(
-        bridge.webhook_addr,
-        Method::POST,
-        PATH,
-        &[("stripe-signature", &both)],
-        body,
-    )
-    .await;
+    let a = post_with_signature(bridge.webhook_addr, &both, body).await;
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(mem.records().len(), 3);
     bridge.shutdown().await;

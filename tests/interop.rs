@@ -12,7 +12,7 @@ use std::sync::Arc;
 use common::*;
 use hookbridge::sink::memory::MemorySink;
 use hookbridge::sink::Sink;
-use http::{Method, StatusCode};
+use http::StatusCode;
 
 const FIXTURES: &[&str] = &[
     "payment_intent.succeeded.json",
@@ -100,25 +100,11 @@ async fn headers_made_by_stripes_sdk_are_accepted() {
     for name in FIXTURES {
         let body = fixture(name);
         let header = stripe_sign(SECRET, &body);
-        let a = request(
-            bridge.webhook_addr,
-            Method::POST,
-            PATH,
-            &[("stripe-signature", &header)],
-            body.clone(),
-        )
-        .await;
+        let a = post_with_signature(bridge.webhook_addr, &header, body.clone()).await;
         assert_eq!(a.status, StatusCode::OK, "{name}: {:?}", a.body);
         // And a header the SDK made with another secret is refused.
         let other = stripe_sign("whsec_not_ours", &body);
-        let a = request(
-            bridge.webhook_addr,
-            Method::POST,
-            PATH,
-            &[("stripe-signature", &other)],
-            body,
-        )
-        .await;
+        let a = post_with_signature(bridge.webhook_addr, &other, body).await;
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{name}");
     }
     assert_eq!(mem.records().len(), FIXTURES.len());

@@ -121,10 +121,15 @@ pub async fn request(addr: SocketAddr, method: Method, path: &str, headers: &[(&
     Answer { status, headers, body }
 }
 
+/// POSTs `body` to the webhook path with the given `Stripe-Signature` value.
+pub async fn post_with_signature(addr: SocketAddr, signature: &str, body: Bytes) -> Answer {
+    request(addr, Method::POST, PATH, &[("stripe-signature", signature)], body).await
+}
+
 /// POSTs `body` to the webhook path signed with [`SECRET`].
 pub async fn post_signed(addr: SocketAddr, body: Bytes) -> Answer {
     let sig = sign(SECRET, &body);
-    request(addr, Method::POST, PATH, &[("stripe-signature", &sig)], body).await
+    post_with_signature(addr, &sig, body).await
 }
 
 /// GETs an admin path.
