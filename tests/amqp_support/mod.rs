@@ -5,8 +5,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
@@ -40,20 +39,7 @@ pub fn rabbitmq_sh(args: &[&str]) -> String {
     text
 }
 
-/// A name no other test or earlier run uses.
-pub fn unique(what: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "hookbridge-test.{what}.{}.{}.{}",
-        nanos % 1_000_000_000_000,
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use crate::common::unique;
 
 /// A connection for reading back, retried for up to `within`; panics with a clear message when
 /// RabbitMQ cannot be reached.

@@ -240,3 +240,19 @@ pub fn serve_binary(dir: &std::path::Path, yaml_text: &str) -> Served {
     }
     served
 }
+
+/// A name (topic, queue, exchange, event id) no other test or earlier run uses.
+pub fn unique(what: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "hookbridge-test.{what}.{}.{}.{}",
+        nanos % 1_000_000_000_000,
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}

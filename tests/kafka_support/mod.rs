@@ -4,8 +4,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -41,19 +40,7 @@ pub fn require_broker(within: Duration) {
     }
 }
 
-/// A topic name no other test or earlier run uses.
-pub fn unique_topic(what: &str) -> String {
-    static N: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_nanos())
-        .unwrap_or(0);
-    format!(
-        "hookbridge-test.{what}.{nanos}.{}.{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
+pub use crate::common::unique as unique_topic;
 
 /// A unique event id.
 pub fn unique_id(what: &str) -> String {
