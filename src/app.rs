@@ -24,6 +24,41 @@ use crate::verify::{Clock, SystemClock, Verifier};
 /// The extra time past `ack_timeout` that shutdown may take in all.
 pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
 
+/// How long a reload waits for a new or changed sink to report healthy.
+pub const RELOAD_SINK_WAIT: Duration = Duration::from_secs(10);
+
+/// Polls `sink.health()` until it passes or [`RELOAD_SINK_WAIT`] is over.
+async fn wait_healthy(sink: &dyn Sink) -> Result<(), String> {
+    let deadline = Instant::now() + RELOAD_SINK_WAIT;
+    loop {
+        match sink.health().await {
+            Ok(()) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(format!(
+                    "not healthy within {}: {e}",
+                    humantime::format_duration(RELOAD_SINK_WAIT)
+                ))
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+/// Closes sinks concurrently, logging those that do not close cleanly by `deadline`.
+async fn close_all(sinks: &[Arc<dyn Sink>], deadline: Instant) {
+    let closes = futures::future::join_all(
+        sinks
+            .iter()
+            .map(|s| async move { (s.name().to_string(), s.close(deadline).await) }),
+    )
+    .await;
+    for (name, result) in closes {
+        if let Err(e) = result {
+            tracing::warn!(sink = %name, error = %e, "sink did not close cleanly");
+        }
+    }
+}
+
 /// How often mounted secret files and TLS files are checked for changes.
 pub const FILE_POLL_INTERVAL: Duration = Duration::from_secs(2);
 
@@ -139,43 +174,71 @@ impl State {
         self.live.store(Arc::new(live));
     }
 
-    /// Applies a new validated config (SIGHUP): endpoints, secrets, routes, limits and new sinks
-    /// take effect for requests that start from now on. Sinks keep their connections: a sink
-    /// whose settings changed keeps the old ones until restart (logged). Listener settings
-    /// (addresses, TLS files, header limits, the concurrency cap) also need a restart.
-    pub async fn reload(&self, settings: Settings) -> Result<(), String> {
+    /// Applies a new validated config (SIGHUP or a changed file) to requests that start from now
+    /// on: endpoints, secrets, routes, limits and sinks. A sink whose settings did not change keeps
+    /// its connection; a new or changed sink is built and must report healthy within
+    /// [`RELOAD_SINK_WAIT`] before anything is swapped, else the reload is refused and the running
+    /// config kept. Replaced sinks are closed once the requests that may still use them are done.
+    /// Listener settings (addresses, TLS paths, header limits, the concurrency cap) need a restart.
+    pub async fn reload(self: &Arc<Self>, settings: Settings) -> Result<(), String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err("shutting down".into());
+        }
         let old = self.live();
         let mut sinks = Vec::with_capacity(settings.sinks.len());
-        let mut kept_settings = Vec::with_capacity(settings.sinks.len());
+        let mut built: Vec<Arc<dyn Sink>> = Vec::new();
         for s in &settings.sinks {
-            match old.sink_settings.iter().position(|o| o.name == s.name) {
-                Some(i) => {
-                    if format!("{:?}", old.sink_settings[i].config) != format!("{:?}", s.config) {
-                        tracing::warn!(sink = %s.name, "sink settings changed; they take effect on restart");
-                    }
-                    sinks.push(old.sinks[i].clone());
-                    kept_settings.push(old.sink_settings[i].clone());
+            if let Some(i) = old
+                .sink_settings
+                .iter()
+                .position(|o| o.name == s.name && o.config == s.config)
+            {
+                sinks.push(old.sinks[i].clone());
+                continue;
+            }
+            let ready = match crate::sink::build(s, settings.ack_timeout).await {
+                Ok(sink) => {
+                    built.push(sink.clone());
+                    wait_healthy(sink.as_ref()).await.map(|()| sink)
                 }
-                None => {
-                    let sink = crate::sink::build(s, settings.ack_timeout)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    sinks.push(sink);
-                    kept_settings.push(s.clone());
+                Err(e) => Err(e.message),
+            };
+            match ready {
+                Ok(sink) => sinks.push(sink),
+                Err(e) => {
+                    close_all(&built, Instant::now() + settings.ack_timeout).await;
+                    return Err(format!("sink {}: {e}", s.name));
                 }
             }
         }
-        let retired: Vec<_> = old
-            .sink_settings
+        let replaced: Vec<Arc<dyn Sink>> = old
+            .sinks
             .iter()
-            .zip(&old.sinks)
-            .filter(|(o, _)| !settings.sinks.iter().any(|s| s.name == o.name))
-            .map(|(_, sink)| sink.clone())
+            .filter(|o| !sinks.iter().any(|n| Arc::ptr_eq(n, o)))
+            .cloned()
             .collect();
-        let mut live = Live::new(&settings, sinks);
-        live.sink_settings = kept_settings;
-        self.replace_live(live);
-        self.retired.lock().unwrap_or_else(|p| p.into_inner()).extend(retired);
+        self.replace_live(Live::new(&settings, sinks));
+        if !replaced.is_empty() {
+            self.retired
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(replaced.iter().cloned());
+            // Requests that started before the swap hold the old sinks for at most ack_timeout.
+            let state = self.clone();
+            let grace = old.ack_timeout + SHUTDOWN_SLACK;
+            tokio::spawn(async move {
+                tokio::time::sleep(grace).await;
+                let to_close: Vec<_> = {
+                    let mut retired = state.retired.lock().unwrap_or_else(|p| p.into_inner());
+                    let (close, keep): (Vec<_>, Vec<_>) = retired
+                        .drain(..)
+                        .partition(|r| replaced.iter().any(|x| Arc::ptr_eq(x, r)));
+                    *retired = keep;
+                    close
+                };
+                close_all(&to_close, Instant::now() + grace).await;
+            });
+        }
         Ok(())
     }
 
@@ -354,6 +417,8 @@ async fn serve(
 
     shutdown.await;
     let began = Instant::now();
+    // A reload may have changed ack_timeout since start: requests in flight use the current one.
+    let ack_timeout = state.live().ack_timeout.max(ack_timeout);
     let deadline = began + ack_timeout + SHUTDOWN_SLACK;
     state.draining.store(true, Ordering::SeqCst);
     tracing::info!("shutting down: finishing requests in flight");
@@ -366,19 +431,9 @@ async fn serve(
     {
         tracing::warn!("requests still in flight at the shutdown deadline were cut off");
     }
-    let live = state.live();
-    let flush_deadline = deadline - Duration::from_millis(100);
-    let closes = futures::future::join_all(
-        live.sinks
-            .iter()
-            .map(|s| async move { (s.name().to_string(), s.close(flush_deadline).await) }),
-    )
-    .await;
-    for (name, result) in closes {
-        if let Err(e) = result {
-            tracing::warn!(sink = %name, error = %e, "sink did not close cleanly");
-        }
-    }
+    let mut sinks = state.live().sinks.clone();
+    sinks.extend(state.retired.lock().unwrap_or_else(|p| p.into_inner()).drain(..));
+    close_all(&sinks, deadline - Duration::from_millis(200)).await;
     let _ = stop_admin.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(50), admin_task).await;
     tracing::info!(took_ms = began.elapsed().as_millis() as u64, "shutdown complete");

@@ -529,3 +529,167 @@ async fn sighup_or_a_changed_file_applies_a_valid_config_and_a_broken_one_keeps_
     assert!(reloads.iter().any(|l| l.contains("SIGHUP")), "{logs}");
     assert!(reloads.iter().any(|l| l.contains("file change")), "{logs}");
 }
+
+/// A write that fails half-way (here: the file size limit) must not leave a partial record that
+/// a later, acknowledged record is glued to.
+#[tokio::test]
+async fn a_failed_file_write_leaves_only_whole_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("events.jsonl");
+    let cfg = dir.path().join("c.yaml");
+    let (webhook, admin) = (free_port(), free_port());
+    let text = yaml(&format!(
+        "sinks:\n  local:\n    kind: file\n    path: {}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: local, topic: t }}\n",
+        out.display()
+    ))
+    .replace("admin_listen: \"127.0.0.1:0\"", &format!("admin_listen: \"127.0.0.1:{admin}\""))
+    .replacen("listen: \"127.0.0.1:0\"", &format!("listen: \"127.0.0.1:{webhook}\""), 1);
+    std::fs::write(&cfg, text).unwrap();
+    // A 16 KiB file size limit (ulimit -f counts 1024-byte blocks in bash); SIGXFSZ ignored so
+    // the write fails with EFBIG instead of killing the process.
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 16; exec {} serve --config {}",
+        bin(),
+        cfg.display()
+    );
+    let child = Command::new("bash")
+        .args(["-c", &script])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut served = Served {
+        child,
+        webhook,
+        admin,
+        config: cfg,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", admin)).is_err() {
+        assert!(Instant::now() < deadline, "the bridge did not start");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let addr = served.webhook_addr();
+    let pad = "x".repeat(3000);
+    let mut acknowledged = Vec::new();
+    let mut refused = 0;
+    for i in 0..12 {
+        let id = format!("evt_big{i}");
+        let body = Bytes::from(format!(r#"{{"id":"{id}","type":"invoice.paid","pad":"{pad}"}}"#));
+        match post_signed(addr, body).await.status {
+            StatusCode::OK => acknowledged.push(id),
+            StatusCode::SERVICE_UNAVAILABLE => refused += 1,
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused > 0, "the size limit was never reached");
+    // A small event that would fit in what is left of the limit.
+    let small = event("evt_small", "invoice.paid");
+    if post_signed(addr, small).await.status == StatusCode::OK {
+        acknowledged.push("evt_small".into());
+    }
+    let _ = served.child.kill();
+    let _ = served.child.wait();
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "the file ends in a partial record"
+    );
+    let ids: Vec<String> = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value =
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("broken record ({e}): {l:.80}"));
+            v["headers"]["stripe-event-id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        ids, acknowledged,
+        "every acknowledged event, and only those, is in the file"
+    );
+}
+
+#[tokio::test]
+async fn a_reload_rebuilds_a_changed_sink_and_closes_the_old_one_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.jsonl");
+    let second = dir.path().join("second.jsonl");
+    let yaml_for = |path: &Path| {
+        yaml(&format!(
+            "sinks:\n  local:\n    kind: file\n    path: {}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: local, topic: t }}\n",
+            path.display()
+        ))
+    };
+    let bridge = spawn(&yaml_for(&first)).await;
+    assert_eq!(
+        post_signed(bridge.webhook_addr, event("evt_r1", "invoice.paid"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    let old_sink = bridge.state.live().sinks[0].clone();
+
+    // The same sink name with another path: a new sink, used at once.
+    bridge.state.reload(settings(&yaml_for(&second))).await.unwrap();
+    assert_eq!(
+        post_signed(bridge.webhook_addr, event("evt_r2", "invoice.paid"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert!(std::fs::read_to_string(&first).unwrap().contains("evt_r1"));
+    assert!(std::fs::read_to_string(&second).unwrap().contains("evt_r2"));
+    assert!(
+        old_sink.health().await.is_ok(),
+        "the old sink stays open while old requests may use it"
+    );
+    // ack_timeout is 2 s in these configs: the replaced sink is closed after it plus 1 s.
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert!(old_sink.health().await.is_err(), "the replaced sink was never closed");
+
+    // A changed kind under the same name is a new sink too, not the old one under a new label.
+    let discard = yaml(
+        "sinks:\n  local:\n    kind: discard\nroutes:\n  - match: \"*\"\n    to:\n      - { sink: local, topic: t }\n",
+    );
+    bridge.state.reload(settings(&discard)).await.unwrap();
+    assert_eq!(bridge.state.live().sinks[0].kind(), "discard");
+    assert_eq!(
+        post_signed(bridge.webhook_addr, event("evt_r3", "invoice.paid"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    assert!(!std::fs::read_to_string(&second).unwrap().contains("evt_r3"));
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reload_whose_new_sink_never_gets_healthy_is_refused() {
+    let bridge = spawn(&yaml(ROUTE_ALL)).await;
+    // A Kafka sink pointing at a closed port: built, never healthy.
+    let broken = yaml(
+        "sinks:\n  mem:\n    kind: discard\n  k:\n    kind: kafka\n    brokers: \"127.0.0.1:1\"\nroutes:\n  - match: \"*\"\n    to:\n      - { sink: k, topic: t }\n",
+    );
+    let started = Instant::now();
+    let err = bridge.state.reload(settings(&broken)).await.unwrap_err();
+    assert!(err.contains("sink k"), "{err}");
+    assert!(started.elapsed() < hookbridge::app::RELOAD_SINK_WAIT + Duration::from_secs(3));
+    // The running config is kept: events still go to the discard sink.
+    assert_eq!(bridge.state.live().sinks.len(), 1);
+    assert_eq!(
+        post_signed(bridge.webhook_addr, event("evt_keep", "invoice.paid"))
+            .await
+            .status,
+        StatusCode::OK
+    );
+    bridge.shutdown().await;
+}
+
+#[test]
+fn a_certificate_with_the_wrong_key_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert_a, key_a) = openssl_cert(dir.path(), "a");
+    let (_cert_b, key_b) = openssl_cert(dir.path(), "b");
+    assert!(hookbridge::http::tls::load_certified_key(&cert_a, &key_a).is_ok());
+    let err = hookbridge::http::tls::load_certified_key(&cert_a, &key_b).unwrap_err();
+    assert!(err.contains("does not match"), "{err}");
+}

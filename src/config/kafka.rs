@@ -20,7 +20,7 @@ use super::Problems;
 pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
 
 /// A Kafka producer (librdkafka), idempotent with `acks=all`.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaSinkConfig {
     /// Bootstrap servers, comma separated (`bootstrap.servers`).

@@ -246,6 +246,20 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
     if raw.ack_timeout.is_zero() {
         p.push("ack_timeout", "must be greater than 0");
     }
+    at_most(&mut p, "ack_timeout", raw.ack_timeout, MAX_ACK_TIMEOUT);
+    at_most(&mut p, "dedup.ttl", raw.dedup.ttl, Duration::from_secs(7 * 24 * 3600));
+    at_most(
+        &mut p,
+        "http.header_read_timeout",
+        raw.http.header_read_timeout,
+        Duration::from_secs(3600),
+    );
+    at_most(
+        &mut p,
+        "http.body_read_timeout",
+        raw.http.body_read_timeout,
+        Duration::from_secs(3600),
+    );
 
     let endpoints = validate_endpoints(&raw, &mut p);
 
@@ -279,7 +293,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
                     p.push(format!("{path}.path"), "must be a file path or `-` for stdout");
                 }
             }
-            RawSink::Discard(_) => {}
+            RawSink::Discard(d) => at_most(&mut p, &format!("{path}.delay"), d.delay, Duration::from_secs(3600)),
         }
         sinks.push(SinkSettings {
             name: name.clone(),
@@ -401,6 +415,15 @@ fn validate_http(raw: &raw::RawHttp, p: &mut Problems) -> HttpSettings {
     }
 }
 
+/// The longest `ack_timeout` accepted: Stripe itself gives up on an answer long before.
+pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(600);
+
+fn at_most(p: &mut Problems, key: &str, value: Duration, max: Duration) {
+    if value > max {
+        p.push(key, format!("must be at most {}", humantime::format_duration(max)));
+    }
+}
+
 fn parse_addr(key: &str, value: &str, p: &mut Problems) -> Option<SocketAddr> {
     match value.parse::<SocketAddr>() {
         Ok(a) => Some(a),
@@ -433,6 +456,12 @@ fn validate_endpoints(raw: &RawConfig, p: &mut Problems) -> Vec<EndpointSettings
         if ep.tolerance.is_zero() {
             p.push(format!("{path}.tolerance"), "must be greater than 0");
         }
+        at_most(
+            p,
+            &format!("{path}.tolerance"),
+            ep.tolerance,
+            Duration::from_secs(24 * 3600),
+        );
         if ep.secrets.is_empty() {
             p.push(
                 format!("{path}.secrets"),

@@ -9,7 +9,7 @@ use super::secret::SecretSource;
 use super::Problems;
 
 /// An AMQP 0-9-1 connection with publisher confirms.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqSinkConfig {
     /// `amqp://user:pass@host:port/vhost` or `amqps://…` (TLS, verified against the system's
@@ -43,7 +43,7 @@ pub struct RabbitMqSinkConfig {
 }
 
 /// A queue declared and bound by the sink.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueConfig {
     /// Queue name.

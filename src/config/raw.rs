@@ -151,7 +151,7 @@ fn default_tolerance() -> Duration {
 }
 
 /// A sink, selected by `kind`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum RawSink {
     Kafka(KafkaSinkConfig),
@@ -172,7 +172,7 @@ impl RawSink {
 }
 
 /// JSON Lines, one object per published message, flushed before the publish is confirmed.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSinkConfig {
     /// File to append to, or `-` for stdout.
@@ -184,7 +184,7 @@ pub struct FileSinkConfig {
 }
 
 /// Confirms every message without storing it: for benchmarks and dry runs.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DiscardSinkConfig {
     /// Wait this long before confirming, to simulate a broker's latency.

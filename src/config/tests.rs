@@ -324,3 +324,20 @@ fn the_commented_sinks_of_the_reference_config_are_valid() {
         Ok(())
     });
 }
+
+#[test]
+fn absurd_durations_are_refused_instead_of_overflowing_later() {
+    let huge = GOOD.replace(
+        "listen: \"127.0.0.1:8080\"",
+        "listen: \"127.0.0.1:8080\"\nack_timeout: 18446744073709551615",
+    );
+    let p = problems(&huge);
+    assert!(has(&p, "ack_timeout: must be at most 10m"), "{p:?}");
+    let p = problems(&format!(
+        "{GOOD}\ndedup:\n  ttl: 1000d\nhttp:\n  body_read_timeout: 2h\n"
+    ));
+    assert!(
+        has(&p, "dedup.ttl: must be at most") && has(&p, "http.body_read_timeout: must be at most"),
+        "{p:?}"
+    );
+}

@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -52,7 +52,7 @@ where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
-    let graceful = Arc::new(GracefulShutdown::new());
+    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -69,13 +69,15 @@ where
                 let _ = stream.set_nodelay(true);
                 let handler = handler.clone();
                 let options = options.clone();
-                let graceful = graceful.clone();
+                // Subscribed now, so a shutdown signalled while a TLS handshake is still running
+                // reaches this connection too, as soon as it is served.
+                let watcher = graceful.watcher();
                 tokio::spawn(async move {
                     match &options.tls {
-                        None => serve_connection(stream, peer, handler, &options, graceful).await,
+                        None => serve_connection(stream, peer, handler, &options, watcher).await,
                         Some(acceptor) => {
                             match tokio::time::timeout(options.header_read_timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => serve_connection(tls, peer, handler, &options, graceful).await,
+                                Ok(Ok(tls)) => serve_connection(tls, peer, handler, &options, watcher).await,
                                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
                             }
@@ -87,28 +89,11 @@ where
         }
     }
     drop(listener);
-    // Connection tasks let go of `graceful` once their connection is watched; only TLS handshakes
-    // in progress (bounded by the header timeout) may still hold it for a moment.
-    let mut graceful = graceful;
-    let graceful = loop {
-        match Arc::try_unwrap(graceful) {
-            Ok(g) => break g,
-            Err(g) => {
-                graceful = g;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }
-    };
     graceful.shutdown().await;
 }
 
-async fn serve_connection<S, H, F>(
-    stream: S,
-    peer: SocketAddr,
-    handler: H,
-    options: &ServeOptions,
-    graceful: Arc<GracefulShutdown>,
-) where
+async fn serve_connection<S, H, F>(stream: S, peer: SocketAddr, handler: H, options: &ServeOptions, watcher: Watcher)
+where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
@@ -122,8 +107,7 @@ async fn serve_connection<S, H, F>(
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
         .max_buf_size(options.max_header_bytes.max(8192));
-    let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-    drop(graceful);
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }

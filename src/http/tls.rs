@@ -40,7 +40,16 @@ fn certified_key(
         .map_err(|_| format!("{} is not a PEM private key", key_file.display()))?;
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|_| format!("the key in {} is of an unsupported type", key_file.display()))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing_key)))
+    let key = CertifiedKey::new(certs, signing_key);
+    // A renewal caught between writing the certificate and the key must not be served.
+    key.keys_match().map_err(|_| {
+        format!(
+            "the key in {} does not match the certificate in {}",
+            key_file.display(),
+            cert_file.display()
+        )
+    })?;
+    Ok(Arc::new(key))
 }
 
 /// Serves the current certificate; [`ReloadingCert::reload_if_changed`] swaps in a new one.

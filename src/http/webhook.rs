@@ -23,6 +23,22 @@ use crate::metrics::{
 use crate::route;
 use crate::sink::{Envelope, ErrorClass, SinkError};
 
+/// Counts a request in `hookbridge_in_flight_requests` while it lives.
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// What happened to a request, for the access log.
 struct Outcome {
     event_id: Option<String>,
@@ -49,10 +65,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
         let busy = Rejection::Unavailable("too many requests in flight; retry later".into());
         return finish(&state, &live, &endpoint_path, start, Err(busy), Outcome::empty());
     };
-    state.metrics.in_flight.inc();
+    // A guard, not inc/dec: hyper drops this future when the client goes away.
+    let _in_flight = InFlight::enter(&state.metrics.in_flight);
     let mut outcome = Outcome::empty();
     let result = process(&state, &live, endpoint, req, start, &mut outcome).await;
-    state.metrics.in_flight.dec();
     finish(&state, &live, &endpoint_path, start, result, outcome)
 }
 

@@ -57,15 +57,15 @@ impl Serialize for Headers<'_> {
 impl FileSink {
     /// Opens (creates, appends to) the file, or uses stdout for `-`.
     pub fn open(name: &str, config: &FileSinkConfig) -> Result<Self, String> {
-        let out: Box<dyn Write + Send> = if config.path == "-" {
-            Box::new(std::io::stdout())
+        let out: Box<dyn Output> = if config.path == "-" {
+            Box::new(Stdout)
         } else {
             let file = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&config.path)
                 .map_err(|e| format!("cannot open {}: {}", config.path, crate::config::secret::io_reason(&e)))?;
-            Box::new(SyncingFile {
+            Box::new(AppendFile {
                 file,
                 fsync: config.fsync,
             })
@@ -76,6 +76,8 @@ impl FileSink {
         std::thread::Builder::new()
             .name(format!("file-sink-{name}"))
             .spawn(move || {
+                // Returns when closed, or when a failed write could not be undone: a file with a
+                // partial record must not get confirmed records after it.
                 writer(out, rx);
                 alive2.store(false, Ordering::SeqCst);
             })
@@ -106,26 +108,64 @@ impl FileSink {
     }
 }
 
-/// A file that is flushed to the OS on `flush`, and to disk too when `fsync` is set.
-struct SyncingFile {
+/// Where the writer thread puts batches of lines.
+trait Output: Send {
+    /// Writes a batch of whole lines. On error nothing of the batch may stay behind, or, when it
+    /// cannot be undone, `Err(Fatal)` stops the sink.
+    fn write_batch(&mut self, batch: &[u8]) -> Result<(), WriteError>;
+}
+
+enum WriteError {
+    /// The batch was not written (or was removed again): later batches may be tried.
+    Failed(String),
+    /// Part of the batch may be in the output for good: the sink must stop.
+    Fatal(String),
+}
+
+/// An append-only file. A batch that fails half-way is cut off again, so a later confirmed record
+/// never ends up glued to a partial one.
+struct AppendFile {
     file: std::fs::File,
+    /// `fsync` (data) each batch before confirming.
     fsync: bool,
 }
 
-impl Write for SyncingFile {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.file.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        if self.fsync {
-            self.file.sync_data()?;
+impl Output for AppendFile {
+    fn write_batch(&mut self, batch: &[u8]) -> Result<(), WriteError> {
+        let start = self
+            .file
+            .metadata()
+            .map_err(|e| WriteError::Failed(e.to_string()))?
+            .len();
+        let written = self
+            .file
+            .write_all(batch)
+            .and_then(|()| if self.fsync { self.file.sync_data() } else { Ok(()) });
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => match self.file.set_len(start) {
+                Ok(()) => Err(WriteError::Failed(e.to_string())),
+                Err(undo) => Err(WriteError::Fatal(format!(
+                    "{e}; and the partial record could not be removed ({undo}), so the sink stopped"
+                ))),
+            },
         }
-        Ok(())
     }
 }
 
-fn writer(mut out: Box<dyn Write + Send>, mut rx: mpsc::Receiver<Command>) {
+/// Standard output: a partial write cannot be taken back, so a failed one stops the sink.
+struct Stdout;
+
+impl Output for Stdout {
+    fn write_batch(&mut self, batch: &[u8]) -> Result<(), WriteError> {
+        let mut out = std::io::stdout().lock();
+        out.write_all(batch)
+            .and_then(|()| out.flush())
+            .map_err(|e| WriteError::Fatal(format!("{e}; stdout cannot be rewound, so the sink stopped")))
+    }
+}
+
+fn writer(mut out: Box<dyn Output>, mut rx: mpsc::Receiver<Command>) {
     let mut batch = Vec::new();
     let mut waiting = Vec::new();
     while let Some(cmd) = rx.blocking_recv() {
@@ -147,17 +187,23 @@ fn writer(mut out: Box<dyn Write + Send>, mut rx: mpsc::Receiver<Command>) {
             }
         }
         if !waiting.is_empty() {
-            let result = out
-                .write_all(&batch)
-                .and_then(|()| out.flush())
-                .map_err(|e| e.to_string());
+            let (result, fatal) = match out.write_batch(&batch) {
+                Ok(()) => (Ok(()), false),
+                Err(WriteError::Failed(e)) => (Err(e), false),
+                Err(WriteError::Fatal(e)) => (Err(e), true),
+            };
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "file sink write failed");
+            }
             for ack in waiting.drain(..) {
                 let _ = ack.send(result.clone());
             }
             batch.clear();
+            if fatal {
+                return;
+            }
         }
         if let Some(done) = close {
-            let _ = out.flush();
             let _ = done.send(());
             return;
         }
