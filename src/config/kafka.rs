@@ -359,7 +359,9 @@ impl KafkaSinkConfig {
                 cc.set(k, v);
             }
             if let Err(e) = cc.create_native_config() {
-                problems.push(format!("{path}.options"), format!("librdkafka refuses them: {e}"));
+                // Never rdkafka's own message: it quotes the refused value, which may be a password.
+                let reason = crate::sink::kafka::config_error(&e);
+                problems.push(format!("{path}.options"), format!("librdkafka refuses them: {reason}"));
             }
         }
     }
@@ -396,6 +398,14 @@ mod tests {
         let t = c.timings(Duration::from_secs(2));
         assert_eq!(t.message_timeout, Duration::from_millis(1600));
         assert_eq!(t.queue_timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_refused_property_is_named_without_its_value() {
+        let c = parse(r#"{"brokers":"b:9092","options":{"sasl.jaas.config":"user=\"a\" password=\"hunter2\";"}}"#);
+        let p = problems(&c, FIVE);
+        assert!(p.iter().any(|m| m.contains("sasl.jaas.config")), "{p:?}");
+        assert!(!p.iter().any(|m| m.contains("hunter2")), "{p:?}");
     }
 
     #[test]

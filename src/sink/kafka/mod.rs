@@ -155,7 +155,10 @@ impl KafkaSink {
         match create(&self.name, &self.client_config) {
             Ok(p) => {
                 tracing::error!(sink = %self.name, code = ?code, reason, "kafka producer failed fatally; replaced it");
-                *slot = Arc::new(p);
+                let old = std::mem::replace(&mut *slot, Arc::new(p));
+                drop(slot);
+                // Dropping a producer purges, flushes and joins librdkafka's threads: blocking work.
+                tokio::task::spawn_blocking(move || drop(old));
             }
             Err(e) => tracing::error!(sink = %self.name, error = %e, "cannot replace the failed kafka producer"),
         }
@@ -221,8 +224,10 @@ impl KafkaSink {
     async fn probe(&self) -> Result<(), SinkError> {
         let producer = self.current();
         if let Some((code, reason)) = producer.client().fatal_error() {
+            // Replace it here too: an unready pod gets no traffic, so no publish would.
+            self.renew_if_fatal(&producer);
             return Err(SinkError::retryable(format!(
-                "kafka sink {}: producer failed fatally ({code:?}: {reason}); it is replaced on the next publish",
+                "kafka sink {}: producer failed fatally ({code:?}: {reason}); replaced by a new one",
                 self.name
             )));
         }
@@ -253,7 +258,16 @@ impl KafkaSink {
 fn create(name: &str, client_config: &ClientConfig) -> Result<Producer_, String> {
     client_config
         .create_with_context(BridgeContext { sink: name.to_string() })
-        .map_err(|e| format!("cannot create the kafka producer: {e}"))
+        .map_err(|e| format!("cannot create the kafka producer: {}", config_error(&e)))
+}
+
+/// A librdkafka error about the client config, without the offending value: rdkafka's own
+/// message quotes it, and it may be a password.
+pub fn config_error(e: &KafkaError) -> String {
+    match e {
+        KafkaError::ClientConfig(_, description, key, _value) => format!("property {key}: {description}"),
+        other => other.to_string(),
+    }
 }
 
 impl Sink for KafkaSink {
