@@ -24,7 +24,7 @@ use clap::Parser;
 use hookbridge::bench::body::{run_tag, Bodies};
 use hookbridge::bench::report::{self, Latency};
 use hookbridge::bench::schedule::Schedule;
-use hookbridge::config::{self, RawSink};
+use hookbridge::config::RawSink;
 use hookbridge::event::EventMeta;
 use hookbridge::sink::Envelope;
 use lapin::options::{
@@ -86,21 +86,14 @@ struct Outcome {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let settings = config::load(&args.config).unwrap_or_else(|e| {
+    let (_, rabbit) = hookbridge::bench::sink_from_config(&args.config, args.sink.as_deref(), |c| match c {
+        RawSink::Rabbitmq(x) => Some(x.clone()),
+        _ => None,
+    })
+    .unwrap_or_else(|e| {
         eprintln!("amqp_ceiling: {e}");
         std::process::exit(2)
     });
-    let rabbit = settings
-        .sinks
-        .iter()
-        .find_map(|s| match &s.config {
-            RawSink::Rabbitmq(r) if args.sink.as_ref().is_none_or(|n| *n == s.name) => Some(r.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| {
-            eprintln!("amqp_ceiling: no rabbitmq sink in {}", args.config.display());
-            std::process::exit(2)
-        });
 
     // Other work on this machine may be restarting the broker: wait up to a minute for it.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -216,7 +209,8 @@ async fn main() {
                 let i = seq.fetch_add(1, Ordering::Relaxed);
                 let (_, body) = bodies.make(i);
                 let template = &envelopes[(i % envelopes.len() as u64) as usize];
-                let id = std::str::from_utf8(&body[..]).ok().and_then(id_of).unwrap_or_default();
+                let id = bodies.event_id(i);
+                let id = id.as_str();
                 let mut headers = FieldTable::default();
                 for (name, value) in template.headers() {
                     let value = if name == "stripe-event-id" { id } else { value };
@@ -298,11 +292,4 @@ async fn main() {
             r.latency_ms.line()
         );
     }
-}
-
-/// The generated event id inside a body: the first `"evt_…"` string.
-fn id_of(body: &str) -> Option<&str> {
-    let at = body.find("\"evt_")? + 1;
-    let len = body[at..].find('"')?;
-    Some(&body[at..at + len])
 }

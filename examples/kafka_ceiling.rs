@@ -22,7 +22,7 @@ use clap::Parser;
 use hookbridge::bench::body::{run_tag, Bodies};
 use hookbridge::bench::report::{self, Latency};
 use hookbridge::bench::schedule::Schedule;
-use hookbridge::config::{self, RawSink};
+use hookbridge::config::RawSink;
 use hookbridge::event::EventMeta;
 use hookbridge::sink::Envelope;
 use rdkafka::config::ClientConfig;
@@ -87,21 +87,14 @@ struct Tally {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let settings = config::load(&args.config).unwrap_or_else(|e| {
+    let (settings, kafka) = hookbridge::bench::sink_from_config(&args.config, args.sink.as_deref(), |c| match c {
+        RawSink::Kafka(x) => Some(x.clone()),
+        _ => None,
+    })
+    .unwrap_or_else(|e| {
         eprintln!("kafka_ceiling: {e}");
         std::process::exit(2)
     });
-    let kafka = settings
-        .sinks
-        .iter()
-        .find_map(|s| match &s.config {
-            RawSink::Kafka(k) if args.sink.as_ref().is_none_or(|n| *n == s.name) => Some(k.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| {
-            eprintln!("kafka_ceiling: no kafka sink in {}", args.config.display());
-            std::process::exit(2)
-        });
     let properties = kafka.properties(settings.ack_timeout);
     let mut cc = ClientConfig::new();
     for (k, v) in &properties {
@@ -163,7 +156,8 @@ async fn main() {
                 let i = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let (_, body) = bodies.make(i);
                 let template = &envelopes[(i % envelopes.len() as u64) as usize];
-                let id = std::str::from_utf8(&body[..]).ok().and_then(id_of).unwrap_or_default();
+                let id = bodies.event_id(i);
+                let id = id.as_str();
                 let headers =
                     template
                         .headers()
@@ -247,11 +241,4 @@ async fn main() {
             r.latency_ms.line()
         );
     }
-}
-
-/// The generated event id inside a body: the first `"evt_…"` string.
-fn id_of(body: &str) -> Option<&str> {
-    let at = body.find("\"evt_")? + 1;
-    let len = body[at..].find('"')?;
-    Some(&body[at..at + len])
 }

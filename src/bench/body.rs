@@ -143,6 +143,11 @@ impl Bodies {
         (&t.event_type, t.body(&event_id(self.run, seq)))
     }
 
+    /// The event id of the `seq`-th request's body.
+    pub fn event_id(&self, seq: u64) -> String {
+        String::from_utf8_lossy(&event_id(self.run, seq)).into_owned()
+    }
+
     /// Mean body length over one round of templates.
     pub fn mean_len(&self) -> f64 {
         self.templates.iter().map(Template::len).sum::<usize>() as f64 / self.templates.len() as f64

@@ -104,6 +104,24 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `4096`, `4k`, `4K`, `4KiB`, `1m`, `1MiB` (binary multiples).
+/// For the ceiling programs (`examples/`): loads the bridge config at `path` and picks the first
+/// sink (the one named `name`, when given) that `pick` accepts, so a ceiling runs with exactly the
+/// bridge's settings.
+pub fn sink_from_config<T>(
+    path: &std::path::Path,
+    name: Option<&str>,
+    pick: impl Fn(&crate::config::RawSink) -> Option<T>,
+) -> Result<(crate::config::Settings, T), String> {
+    let settings = crate::config::load(path).map_err(|e| e.to_string())?;
+    let sink = settings
+        .sinks
+        .iter()
+        .filter(|s| name.is_none_or(|n| n == s.name))
+        .find_map(|s| pick(&s.config))
+        .ok_or_else(|| format!("no matching sink in {}", path.display()))?;
+    Ok((settings, sink))
+}
+
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
