@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::*;
-use http::{Method, StatusCode};
+use http::StatusCode;
 use kafka_support::*;
 
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
@@ -22,7 +22,7 @@ const SETTLE: Duration = Duration::from_millis(700);
 /// Posts `body` signed now; returns the answer and the signature header sent.
 async fn post(addr: std::net::SocketAddr, body: &Bytes) -> (Answer, String) {
     let sig = sign(SECRET, body);
-    let answer = request(addr, Method::POST, PATH, &[("stripe-signature", &sig)], body.clone()).await;
+    let answer = post_with_signature(addr, &sig, body.clone()).await;
     (answer, sig)
 }
 
@@ -30,10 +30,7 @@ async fn post(addr: std::net::SocketAddr, body: &Bytes) -> (Answer, String) {
 async fn every_routed_event_lands_once_byte_for_byte_with_key_and_headers() {
     require_broker(Duration::from_secs(10));
     let topic = unique_topic("exact");
-    let config = yaml(&format!(
-        "sinks:\n{}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: events, topic: \"{topic}\" }}\n",
-        kafka_sink("events", "")
-    ));
+    let config = one_topic_config("", &topic);
     let bridge = spawn(&config).await;
     assert_eq!(get(bridge.admin_addr, "/readyz").await.status, StatusCode::OK);
 
@@ -200,10 +197,7 @@ fn stripe_verify(header: &str, body: &[u8]) -> (i32, String) {
 async fn a_consumer_verifies_a_record_with_stripes_official_sdk() {
     require_broker(Duration::from_secs(10));
     let topic = unique_topic("verify");
-    let config = yaml(&format!(
-        "sinks:\n{}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: events, topic: \"{topic}\" }}\n",
-        kafka_sink("events", "")
-    ));
+    let config = one_topic_config("", &topic);
     let bridge = spawn(&config).await;
     let body = fixture_with_id("checkout.session.completed.json", &unique_id("co"));
     let (answer, _) = post(bridge.webhook_addr, &body).await;
@@ -333,14 +327,11 @@ fn check_config_accepts_the_kafka_example_and_redacts_secrets() {
     let path = dir.path().join("sasl.yaml");
     std::fs::write(
         &path,
-        yaml(&format!(
-            "sinks:\n{}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: events, topic: t }}\n",
-            kafka_sink(
-                "events",
-                "    options:\n      security.protocol: sasl_plaintext\n      sasl.mechanisms: PLAIN\n      \
-                 sasl.username: alice\n      sasl.password: hunter2-very-secret\n"
-            )
-        )),
+        one_topic_config(
+            "    options:\n      security.protocol: sasl_plaintext\n      sasl.mechanisms: PLAIN\n      \
+                 sasl.username: alice\n      sasl.password: hunter2-very-secret\n",
+            "t",
+        ),
     )
     .unwrap();
     let out = Command::new(bin())
@@ -357,14 +348,11 @@ fn check_config_accepts_the_kafka_example_and_redacts_secrets() {
     // secret_options: read from the environment, never printed; a missing variable is an error.
     std::fs::write(
         &path,
-        yaml(&format!(
-            "sinks:\n{}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: events, topic: t }}\n",
-            kafka_sink(
-                "events",
-                "    options:\n      sasl.username: alice\n    secret_options:\n      \
-                 sasl.password: { env: HOOKBRIDGE_TEST_KAFKA_PASSWORD }\n"
-            )
-        )),
+        one_topic_config(
+            "    options:\n      sasl.username: alice\n    secret_options:\n      \
+                 sasl.password: { env: HOOKBRIDGE_TEST_KAFKA_PASSWORD }\n",
+            "t",
+        ),
     )
     .unwrap();
     let out = Command::new(bin())
@@ -394,14 +382,7 @@ fn check_config_accepts_the_kafka_example_and_redacts_secrets() {
     );
 
     // Weakening durability is refused with the key path, exit 2.
-    std::fs::write(
-        &path,
-        yaml(&format!(
-            "sinks:\n{}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: events, topic: t }}\n",
-            kafka_sink("events", "    options:\n      acks: 1\n")
-        )),
-    )
-    .unwrap();
+    std::fs::write(&path, one_topic_config("    options:\n      acks: 1\n", "t")).unwrap();
     let out = Command::new(bin())
         .args(["check-config", "--config"])
         .arg(&path)

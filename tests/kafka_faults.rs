@@ -34,10 +34,7 @@ async fn kafka(args: &'static [&'static str]) -> Duration {
 }
 
 fn config(topic: &str) -> String {
-    common::yaml(&format!(
-        "sinks:\n{}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: events, topic: \"{topic}\" }}\n",
-        kafka_sink("events", "")
-    ))
+    one_topic_config("", topic)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

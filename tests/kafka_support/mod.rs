@@ -186,6 +186,15 @@ pub fn kafka_sink(name: &str, extra: &str) -> String {
     )
 }
 
+/// A whole test config: one kafka sink `events` (with `extra` sink keys) that every event is
+/// routed to, on `topic`.
+pub fn one_topic_config(extra: &str, topic: &str) -> String {
+    crate::common::yaml(&format!(
+        "sinks:\n{}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: events, topic: \"{topic}\" }}\n",
+        kafka_sink("events", extra)
+    ))
+}
+
 /// A compact event with optional Connect account.
 pub fn stripe_event(
     id: &str,
