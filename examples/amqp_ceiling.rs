@@ -15,7 +15,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,6 +23,7 @@ use clap::Parser;
 use hookbridge::bench::body::{run_tag, Bodies};
 use hookbridge::bench::report::{self, Latency};
 use hookbridge::bench::schedule::Schedule;
+use hookbridge::bench::CeilingArgs;
 use hookbridge::config::RawSink;
 use hookbridge::event::EventMeta;
 use hookbridge::sink::Envelope;
@@ -36,32 +36,11 @@ use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 
 #[derive(Parser)]
 struct Args {
-    /// The bridge config whose RabbitMQ sink settings to use.
-    #[arg(long)]
-    config: PathBuf,
-    /// The sink's name in that config (default: its only rabbitmq sink).
-    #[arg(long)]
-    sink: Option<String>,
-    /// Publishes in flight, each awaiting its own confirm.
-    #[arg(long, default_value_t = 64)]
-    in_flight: usize,
+    #[command(flatten)]
+    common: CeilingArgs,
     /// Channels to spread them over (default: one per publish in flight, as the sink does).
     #[arg(long)]
     channels: Option<usize>,
-    /// Open loop: this many messages per second in all, spread over the in-flight slots; latency
-    /// is then measured from each message's intended send time, as `hookbridge bench --rate` does.
-    #[arg(long)]
-    rate: Option<f64>,
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    warmup: Duration,
-    #[arg(long, default_value = "tests/fixtures")]
-    fixtures: PathBuf,
-    #[arg(long, value_parser = hookbridge::bench::parse_size)]
-    size: Option<usize>,
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -86,14 +65,15 @@ struct Outcome {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let (_, rabbit) = hookbridge::bench::sink_from_config(&args.config, args.sink.as_deref(), |c| match c {
-        RawSink::Rabbitmq(x) => Some(x.clone()),
-        _ => None,
-    })
-    .unwrap_or_else(|e| {
-        eprintln!("amqp_ceiling: {e}");
-        std::process::exit(2)
-    });
+    let (_, rabbit) =
+        hookbridge::bench::sink_from_config(&args.common.config, args.common.sink.as_deref(), |c| match c {
+            RawSink::Rabbitmq(x) => Some(x.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("amqp_ceiling: {e}");
+            std::process::exit(2)
+        });
 
     // Other work on this machine may be restarting the broker: wait up to a minute for it.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -152,7 +132,10 @@ async fn main() {
                 .unwrap();
         }
     }
-    let n_channels = args.channels.unwrap_or(args.in_flight).clamp(1, args.in_flight.max(1));
+    let n_channels = args
+        .channels
+        .unwrap_or(args.common.in_flight)
+        .clamp(1, args.common.in_flight.max(1));
     let mut channels = Vec::with_capacity(n_channels);
     for _ in 0..n_channels {
         let ch = conn.create_channel().await.unwrap();
@@ -160,7 +143,12 @@ async fn main() {
         channels.push(ch);
     }
 
-    let bodies = Bodies::load(&args.fixtures, args.size, run_tag(std::process::id() as u64 ^ 0x616d)).unwrap();
+    let bodies = Bodies::load(
+        &args.common.fixtures,
+        args.common.size,
+        run_tag(std::process::id() as u64 ^ 0x616d),
+    )
+    .unwrap();
     let envelopes: Vec<Envelope> = (0..bodies.templates().len() as u64)
         .map(|i| {
             let (_, body) = bodies.make(i);
@@ -177,10 +165,10 @@ async fn main() {
 
     let cpu_at_start = report::process_cpu_seconds();
     let start = Instant::now();
-    let measure_from = start + args.warmup;
-    let end = measure_from + args.duration;
-    let schedule = args.rate.and_then(Schedule::new);
-    let slots = args.in_flight as u64;
+    let measure_from = start + args.common.warmup;
+    let end = measure_from + args.common.duration;
+    let schedule = args.common.rate.and_then(Schedule::new);
+    let slots = args.common.in_flight as u64;
     let seq = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for slot in 0..slots {
@@ -260,11 +248,11 @@ async fn main() {
         returned += r;
         last = last.max(l);
     }
-    let window = last.map(|l: Instant| l - measure_from).unwrap_or(args.duration);
+    let window = last.map(|l: Instant| l - measure_from).unwrap_or(args.common.duration);
     let r = Outcome {
         tool: "amqp_ceiling",
-        in_flight: args.in_flight,
-        target_rate: args.rate,
+        in_flight: args.common.in_flight,
+        target_rate: args.common.rate,
         channels: n_channels,
         duration_s: window.as_secs_f64(),
         messages: ok,
@@ -277,7 +265,7 @@ async fn main() {
         returned,
     };
     let _ = conn.close(200, "bye").await;
-    if args.json {
+    if args.common.json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap());
     } else {
         println!(

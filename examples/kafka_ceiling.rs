@@ -14,7 +14,6 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +21,7 @@ use clap::Parser;
 use hookbridge::bench::body::{run_tag, Bodies};
 use hookbridge::bench::report::{self, Latency};
 use hookbridge::bench::schedule::Schedule;
+use hookbridge::bench::CeilingArgs;
 use hookbridge::config::RawSink;
 use hookbridge::event::EventMeta;
 use hookbridge::sink::Envelope;
@@ -32,31 +32,10 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 
 #[derive(Parser)]
 struct Args {
-    /// The bridge config whose Kafka sink settings to use.
-    #[arg(long)]
-    config: PathBuf,
-    /// The sink's name in that config (default: its only kafka sink).
-    #[arg(long)]
-    sink: Option<String>,
+    #[command(flatten)]
+    common: CeilingArgs,
     #[arg(long, default_value = "hookbridge.bench")]
     topic: String,
-    /// Messages in flight, each awaiting its own delivery report.
-    #[arg(long, default_value_t = 64)]
-    in_flight: usize,
-    /// Open loop: this many messages per second in all, spread over the in-flight slots; latency
-    /// is then measured from each message's intended send time, as `hookbridge bench --rate` does.
-    #[arg(long)]
-    rate: Option<f64>,
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    duration: Duration,
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    warmup: Duration,
-    #[arg(long, default_value = "tests/fixtures")]
-    fixtures: PathBuf,
-    #[arg(long, value_parser = hookbridge::bench::parse_size)]
-    size: Option<usize>,
-    #[arg(long)]
-    json: bool,
 }
 
 #[derive(serde::Serialize)]
@@ -87,14 +66,15 @@ struct Tally {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let (settings, kafka) = hookbridge::bench::sink_from_config(&args.config, args.sink.as_deref(), |c| match c {
-        RawSink::Kafka(x) => Some(x.clone()),
-        _ => None,
-    })
-    .unwrap_or_else(|e| {
-        eprintln!("kafka_ceiling: {e}");
-        std::process::exit(2)
-    });
+    let (settings, kafka) =
+        hookbridge::bench::sink_from_config(&args.common.config, args.common.sink.as_deref(), |c| match c {
+            RawSink::Kafka(x) => Some(x.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|e| {
+            eprintln!("kafka_ceiling: {e}");
+            std::process::exit(2)
+        });
     let properties = kafka.properties(settings.ack_timeout);
     let mut cc = ClientConfig::new();
     for (k, v) in &properties {
@@ -103,7 +83,12 @@ async fn main() {
     let producer: FutureProducer = cc.create().unwrap();
     let queue_timeout = kafka.timings(settings.ack_timeout).queue_timeout;
 
-    let bodies = Bodies::load(&args.fixtures, args.size, run_tag(std::process::id() as u64 ^ 0x6b61)).unwrap();
+    let bodies = Bodies::load(
+        &args.common.fixtures,
+        args.common.size,
+        run_tag(std::process::id() as u64 ^ 0x6b61),
+    )
+    .unwrap();
     // Metadata and a signature header per fixture, computed once: the ceiling does producer work only.
     let envelopes: Vec<Envelope> = (0..bodies.templates().len() as u64)
         .map(|i| {
@@ -121,10 +106,10 @@ async fn main() {
 
     let cpu_at_start = report::process_cpu_seconds();
     let start = Instant::now();
-    let measure_from = start + args.warmup;
-    let end = measure_from + args.duration;
-    let schedule = args.rate.and_then(Schedule::new);
-    let slots = args.in_flight as u64;
+    let measure_from = start + args.common.warmup;
+    let end = measure_from + args.common.duration;
+    let schedule = args.common.rate.and_then(Schedule::new);
+    let slots = args.common.in_flight as u64;
     let seq = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = Vec::new();
     for slot in 0..slots {
@@ -213,11 +198,11 @@ async fn main() {
         errors += t.errors;
         last = last.max(t.last);
     }
-    let window = last.map(|l: Instant| l - measure_from).unwrap_or(args.duration);
+    let window = last.map(|l: Instant| l - measure_from).unwrap_or(args.common.duration);
     let r = Result_ {
         tool: "kafka_ceiling",
-        in_flight: args.in_flight,
-        target_rate: args.rate,
+        in_flight: args.common.in_flight,
+        target_rate: args.common.rate,
         duration_s: window.as_secs_f64(),
         messages: ok,
         messages_per_sec: ok as f64 / window.as_secs_f64(),
@@ -228,7 +213,7 @@ async fn main() {
         errors,
         properties,
     };
-    if args.json {
+    if args.common.json {
         println!("{}", serde_json::to_string_pretty(&r).unwrap());
     } else {
         println!(

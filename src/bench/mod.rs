@@ -104,6 +104,34 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `4096`, `4k`, `4K`, `4KiB`, `1m`, `1MiB` (binary multiples).
+/// The command-line options both ceiling programs (`examples/`) share.
+#[derive(clap::Args, Debug)]
+pub struct CeilingArgs {
+    /// The bridge config whose sink settings to use.
+    #[arg(long)]
+    pub config: std::path::PathBuf,
+    /// The sink's name in that config (default: its only sink of the program's kind).
+    #[arg(long)]
+    pub sink: Option<String>,
+    /// Messages in flight, each awaiting its own confirmation.
+    #[arg(long, default_value_t = 64)]
+    pub in_flight: usize,
+    /// Open loop: this many messages per second in all, spread over the in-flight slots; latency
+    /// is then measured from each message's intended send time, as `hookbridge bench --rate` does.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub warmup: Duration,
+    #[arg(long, default_value = "tests/fixtures")]
+    pub fixtures: std::path::PathBuf,
+    #[arg(long, value_parser = parse_size)]
+    pub size: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// For the ceiling programs (`examples/`): loads the bridge config at `path` and picks the first
 /// sink (the one named `name`, when given) that `pick` accepts, so a ceiling runs with exactly the
 /// bridge's settings.
