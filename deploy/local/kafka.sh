@@ -247,6 +247,10 @@ cmd_start() {
   port_open "$CONTROLLER_PORT" && die "port $CONTROLLER_PORT is in use by another process"
   format_if_needed
   [[ -f "$LOG" ]] && mv -f "$LOG" "$LOG.1"   # keep the previous run's log
+  # A pid file left by a broker that was killed from outside (SIGKILL, a machine
+  # stop) names a dead pid. It must go before the launch: otherwise the wait
+  # below could read the stale pid, judge the new broker dead and kill it.
+  rm -f "$PIDFILE"
   # New session so the broker outlives the caller; fds 8/9 (locks) not inherited.
   # The inner shell writes its own pid, which exec turns into the JVM's pid.
   # shellcheck disable=SC2016  # $$ and $1 are for the inner shell
@@ -257,7 +261,8 @@ cmd_start() {
     -cp "$LIB/*" "$BROKER_MAIN" "$RUN/server.properties" \
     </dev/null >"$LOG" 2>&1 8>&- 9>&- &
   # Wait for the pid file (written by the inner shell right away).
-  for _ in $(seq 50); do [[ -s "$PIDFILE" ]] && break; sleep 0.1; done
+  for _ in $(seq 100); do [[ -s "$PIDFILE" ]] && break; sleep 0.1; done
+  [[ -s "$PIDFILE" ]] || die "the broker's launcher wrote no pid file within 10 s"
   if ! wait_ready_or_cleanup; then exit 1; fi
   say "started Kafka $KAFKA_VERSION (pid $(cat "$PIDFILE")) on $BOOTSTRAP in $((SECONDS - t0))s; log: $LOG"
 }
