@@ -158,22 +158,65 @@ async fn a_body_that_never_arrives_is_answered_408() {
     bridge.shutdown().await;
 }
 
+/// Sends `head` (a request head without its closing CRLF) plus an empty line, and reads the
+/// answer until the bridge closes the connection.
+async fn raw_exchange(addr: std::net::SocketAddr, head: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = s.write_all(format!("{head}\r\n").as_bytes()).await;
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    assert!(read.is_ok(), "the connection was not closed after the answer");
+    String::from_utf8_lossy(&out).to_string()
+}
+
 #[tokio::test]
-async fn oversized_headers_are_refused() {
+async fn oversized_headers_are_refused_with_a_json_431() {
+    // max_header_bytes is 16 KiB by default.
     let bridge = spawn_with(
         &yaml(ROUTE_ALL),
         vec![Arc::new(MemorySink::new("mem")) as Arc<dyn Sink>],
     )
     .await;
+    let head = |filler: usize| {
+        format!(
+            "POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\ncontent-length: 0\r\nx-big: {}\r\n",
+            "a".repeat(filler)
+        )
+    };
+    // Just under the limit: the request is read and judged on its merits (no signature).
+    let text = raw_exchange(bridge.webhook_addr, &(head(16 * 1024 - 200) + "connection: close\r\n")).await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+
+    // Over it: a JSON 431 that closes the connection.
+    let text = raw_exchange(bridge.webhook_addr, &head(20 * 1024)).await;
+    assert!(text.starts_with("HTTP/1.1 431"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let json: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(json["error"], "headers_too_large", "{json}");
+    assert_eq!(
+        json["message"], "the request line and headers are larger than 16384 bytes",
+        "{json}"
+    );
+
+    // Far over it: hyper stops reading at twice the limit and refuses with its own bare 431 (or
+    // resets the connection while the client is still sending).
     let mut s = tokio::net::TcpStream::connect(bridge.webhook_addr).await.unwrap();
-    let big = "a".repeat(64 * 1024);
-    let _ = s
-        .write_all(format!("POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\nx-big: {big}\r\n\r\n").as_bytes())
-        .await;
+    let _ = s.write_all(format!("{}\r\n", head(256 * 1024)).as_bytes()).await;
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
     let text = String::from_utf8_lossy(&out);
     assert!(text.is_empty() || text.starts_with("HTTP/1.1 431"), "{text}");
+
+    let metrics = String::from_utf8_lossy(&get(bridge.admin_addr, "/metrics").await.body).to_string();
+    assert_eq!(
+        metric(
+            &metrics,
+            "hookbridge_rejected_total{endpoint=\"/webhooks/stripe\",reason=\"headers_too_large\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     bridge.shutdown().await;
 }
 

@@ -30,7 +30,9 @@ pub struct ServeOptions {
     /// How long a client may take to send a request head (and to start the next one on a
     /// keep-alive connection); also bounds the TLS handshake.
     pub header_read_timeout: Duration,
-    /// Largest request head accepted (hyper answers 431 beyond it).
+    /// Largest request head accepted. The webhook handler answers a larger one with a JSON 431;
+    /// hyper itself refuses heads over twice this size, before they are buffered whole, with a
+    /// bare 431.
     pub max_header_bytes: usize,
     pub tls: Option<TlsAcceptor>,
 }
@@ -106,11 +108,18 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(options.header_read_timeout)
-        .max_buf_size(options.max_header_bytes.max(8192));
+        .max_buf_size(hard_head_limit(options.max_header_bytes))
+        .max_header_size(hard_head_limit(options.max_header_bytes));
     let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
     if let Err(e) = conn.await {
         tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
+}
+
+/// The head size past which hyper stops reading: room above `max_header_bytes` so that the
+/// handler sees, and answers in JSON, any head up to twice the limit.
+fn hard_head_limit(max_header_bytes: usize) -> usize {
+    max_header_bytes.saturating_mul(2).max(8192)
 }
 
 /// Wraps a state and a handler function into the `Clone` closure [`serve`] wants.

@@ -2,7 +2,7 @@
 //! `{"error":"<code>","message":"<readable>"}` and never echoes the payload or a secret.
 
 use bytes::Bytes;
-use http::header::{HeaderValue, ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use http::header::{HeaderValue, ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER};
 use http::StatusCode;
 use http_body_util::Full;
 use hyper::Response;
@@ -19,6 +19,10 @@ pub enum Rejection {
     Forbidden,
     NotFound,
     MethodNotAllowed,
+    /// The request line and headers are larger than `http.max_header_bytes`.
+    HeadersTooLarge {
+        limit: usize,
+    },
     PayloadTooLarge {
         limit: u64,
     },
@@ -43,6 +47,7 @@ impl Rejection {
             Rejection::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::NotFound => StatusCode::NOT_FOUND,
             Rejection::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Rejection::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Rejection::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Rejection::BadBody(_) | Rejection::Signature(_) | Rejection::Event(_) => StatusCode::BAD_REQUEST,
             Rejection::Publish {
@@ -64,6 +69,7 @@ impl Rejection {
             Rejection::BodyTimeout => "body_timeout",
             Rejection::NotFound => "not_found",
             Rejection::MethodNotAllowed => "method_not_allowed",
+            Rejection::HeadersTooLarge { .. } => "headers_too_large",
             Rejection::PayloadTooLarge { .. } => "payload_too_large",
             Rejection::BadBody(_) => "bad_body",
             Rejection::Signature(e) => e.code(),
@@ -86,6 +92,9 @@ impl Rejection {
             Rejection::BodyTimeout => "the request body did not arrive in time".into(),
             Rejection::NotFound => "no webhook endpoint at this path".into(),
             Rejection::MethodNotAllowed => "webhook endpoints accept POST only".into(),
+            Rejection::HeadersTooLarge { limit } => {
+                format!("the request line and headers are larger than {limit} bytes")
+            }
             Rejection::PayloadTooLarge { limit } => format!("the body is larger than {limit} bytes"),
             Rejection::BadBody(m) => m.clone(),
             Rejection::Signature(e) => e.to_string(),
@@ -108,6 +117,10 @@ impl Rejection {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             resp.headers_mut()
                 .insert(RETRY_AFTER, HeaderValue::from(retry_after.max(1)));
+        }
+        if status == StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE {
+            // The body was not read: the connection cannot carry another request.
+            resp.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
         }
         if status == StatusCode::METHOD_NOT_ALLOWED {
             resp.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));

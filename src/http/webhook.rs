@@ -60,6 +60,11 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
         return finish(&state, &live, "", start, Err(Rejection::NotFound), Outcome::empty());
     };
     let endpoint_path = endpoint.path.clone();
+    let limit = live.http.max_header_bytes;
+    if head_size(&req) > limit {
+        let too_large = Err(Rejection::HeadersTooLarge { limit });
+        return finish(&state, &live, &endpoint_path, start, too_large, Outcome::empty());
+    }
     // The cap on requests in flight: beyond it, answer at once rather than queue bodies in memory.
     let Ok(_permit) = state.limiter.try_acquire() else {
         let busy = Rejection::Unavailable("too many requests in flight; retry later".into());
@@ -70,6 +75,19 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
     let mut outcome = Outcome::empty();
     let result = process(&state, &live, endpoint, req, start, &mut outcome).await;
     finish(&state, &live, &endpoint_path, start, result, outcome)
+}
+
+/// The size of the request line and headers as sent on the wire (`METHOD SP target SP
+/// HTTP/1.1 CRLF`, `name: value CRLF` each, the closing CRLF).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let target = req.uri().path_and_query().map_or(1, |p| p.as_str().len());
+    let line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let headers: usize = req
+        .headers()
+        .iter()
+        .map(|(n, v)| n.as_str().len() + 2 + v.len() + 2)
+        .sum();
+    line + headers + 2
 }
 
 impl Outcome {
