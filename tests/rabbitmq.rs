@@ -15,7 +15,7 @@ use amqp_support::{channel, count, drain, headers, message_id, one_queue, sink_y
 use bytes::Bytes;
 use common::{event, get, post_signed, spawn, yaml, SECRET};
 use futures::StreamExt;
-use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::options::{ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::ExchangeKind;
 
@@ -286,6 +286,54 @@ routes:
     let (_conn, ch) = channel().await;
     let got: HashSet<String> = drain(&ch, &queue).await.iter().map(message_id).collect();
     assert_eq!(got, expected);
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_exchange_deleted_while_connected_is_declared_again() {
+    let exchange = unique("deleted");
+    let queue = unique("rebound");
+    let routes = r#"
+routes:
+  - match: "*"
+    to: [{ sink: amqp, routing_key: "{type}" }]
+"#;
+    let bridge = spawn(&yaml(&sink_yaml(&exchange, &one_queue(&queue, &["#"]), routes))).await;
+    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
+    let before = unique("evt_before");
+    assert_eq!(
+        post_signed(bridge.webhook_addr, event(&before, "invoice.paid"))
+            .await
+            .status,
+        200
+    );
+
+    // Someone deletes the exchange (and so its bindings) behind the bridge's back.
+    let (_conn, ch) = channel().await;
+    ch.exchange_delete(&exchange, ExchangeDeleteOptions::default())
+        .await
+        .expect("delete the exchange");
+
+    // Stripe's retries get through once the sink has declared the exchange and binding again;
+    // until then the answer is 503 (retry), never 200 and never a lasting 500.
+    let after = unique("evt_after");
+    let start = Instant::now();
+    let mut statuses = Vec::new();
+    loop {
+        let a = post_signed(bridge.webhook_addr, event(&after, "invoice.paid")).await;
+        statuses.push(a.status.as_u16());
+        if a.status == 200 {
+            break;
+        }
+        assert_eq!(a.status, 503, "{:?}", a.body);
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not declared again: {statuses:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let got: Vec<String> = drain(&ch, &queue).await.iter().map(message_id).collect();
+    assert_eq!(got, vec![before, after], "{statuses:?}");
     bridge.shutdown().await;
 }
 

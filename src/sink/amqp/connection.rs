@@ -2,6 +2,7 @@
 //! topology, hand out confirm-mode channels, notice when the connection dies, reconnect with
 //! backoff.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -25,6 +26,8 @@ const DEFAULT_FRAME_MAX: u32 = 16 * 1024;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 /// How often the supervisor looks at the connection when nothing woke it.
 const CHECK_EVERY: Duration = Duration::from_millis(250);
+/// The topology is declared again at most this often while publishes find the exchange missing.
+const REDECLARE_EVERY: Duration = Duration::from_millis(500);
 /// Repeated connection failures are logged at warn at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
@@ -89,7 +92,12 @@ impl Conn {
 }
 
 /// Reads the URL and sets the defaults the sink relies on.
-pub fn parse_uri(url: &str) -> Result<AMQPUri, String> {
+///
+/// lapin opens the TCP connection in a blocking thread that outlives a connect future dropped at
+/// `connect_timeout`; without a TCP timeout of its own, each attempt against an address that drops
+/// packets would leave a thread waiting minutes for the kernel to give up. So the URL's
+/// `connection_timeout` defaults to `connect_timeout`.
+pub fn parse_uri(url: &str, connect_timeout: Duration) -> Result<AMQPUri, String> {
     let mut uri: AMQPUri = url
         .parse()
         .map_err(|e: String| format!("invalid url: {}", e.replace(url, "<url>")))?;
@@ -98,6 +106,9 @@ pub fn parse_uri(url: &str) -> Result<AMQPUri, String> {
     }
     if uri.query.frame_max.is_none() {
         uri.query.frame_max = Some(DEFAULT_FRAME_MAX);
+    }
+    if uri.query.connection_timeout.is_none() {
+        uri.query.connection_timeout = Some(connect_timeout.as_millis().clamp(1, u64::MAX as u128) as u64);
     }
     Ok(uri)
 }
@@ -221,6 +232,23 @@ async fn declare(conn: &Conn, config: &RabbitMqSinkConfig) -> Result<Channel, St
     Ok(ch)
 }
 
+/// Declares the exchange, queues and bindings again on a live connection, after a publish found
+/// the exchange gone.
+async fn redeclare(shared: &Shared, conn: &Conn, config: &RabbitMqSinkConfig) {
+    match tokio::time::timeout(config.connect_timeout, declare(conn, config)).await {
+        Ok(Ok(ch)) => {
+            conn.checkin(ch);
+            tracing::warn!(sink = %shared.name, exchange = %config.exchange, "the exchange had disappeared; declared the topology again");
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(sink = %shared.name, %error, "the exchange has disappeared and cannot be declared again");
+        }
+        Err(_) => {
+            tracing::warn!(sink = %shared.name, "the exchange has disappeared and declaring it again timed out");
+        }
+    }
+}
+
 /// Keeps a connection up until shutdown.
 pub async fn supervise(shared: Arc<Shared>, uri: AMQPUri, config: RabbitMqSinkConfig) {
     let mut stop = shared.stop.subscribe();
@@ -252,6 +280,7 @@ pub async fn supervise(shared: Arc<Shared>, uri: AMQPUri, config: RabbitMqSinkCo
                 shared.current.store(Some(conn.clone()));
                 backoff = FIRST_BACKOFF;
                 // Watch it until it dies or shutdown begins.
+                let mut last_declare = Instant::now();
                 loop {
                     tokio::select! {
                         _ = shared.wake.notified() => {}
@@ -260,6 +289,10 @@ pub async fn supervise(shared: Arc<Shared>, uri: AMQPUri, config: RabbitMqSinkCo
                     }
                     if !conn.usable() {
                         break;
+                    }
+                    if last_declare.elapsed() >= REDECLARE_EVERY && shared.topology_lost.swap(false, Ordering::SeqCst) {
+                        last_declare = Instant::now();
+                        redeclare(&shared, &conn, &config).await;
                     }
                 }
                 shared.current.store(None);
@@ -300,19 +333,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn url_defaults_heartbeat_and_frame_size_unless_given() {
-        let uri = parse_uri("amqp://guest:guest@127.0.0.1:5672/%2f").unwrap();
+    fn url_defaults_heartbeat_frame_size_and_tcp_timeout_unless_given() {
+        let five = Duration::from_secs(5);
+        let uri = parse_uri("amqp://guest:guest@127.0.0.1:5672/%2f", five).unwrap();
         assert_eq!(uri.query.heartbeat, Some(DEFAULT_HEARTBEAT_SECS));
         assert_eq!(uri.query.frame_max, Some(DEFAULT_FRAME_MAX));
-        let uri = parse_uri("amqp://h/v?heartbeat=30&frame_max=131072").unwrap();
+        assert_eq!(uri.query.connection_timeout, Some(5000));
+        let uri = parse_uri("amqp://h/v?heartbeat=30&frame_max=131072&connection_timeout=700", five).unwrap();
         assert_eq!(uri.query.heartbeat, Some(30));
         assert_eq!(uri.query.frame_max, Some(131_072));
+        assert_eq!(uri.query.connection_timeout, Some(700));
         assert_eq!(uri.vhost, "v");
     }
 
     #[test]
     fn a_bad_url_error_does_not_echo_it() {
-        let err = parse_uri("amqp://user:s3cret@host:notaport/").unwrap_err();
+        let err = parse_uri("amqp://user:s3cret@host:notaport/", Duration::from_secs(1)).unwrap_err();
         assert!(!err.contains("s3cret"), "{err}");
     }
 }

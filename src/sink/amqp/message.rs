@@ -99,6 +99,12 @@ pub fn describe(e: &lapin::Error) -> String {
     }
 }
 
+/// Whether a publish failed because its exchange does not exist (RabbitMQ closes the channel with
+/// `404 NOT_FOUND - no exchange '…' in vhost '…'`), from the message [`publish_error`] made.
+pub fn is_missing_exchange(message: &str) -> bool {
+    message.contains("404 NOT_FOUND - no exchange")
+}
+
 /// Whether a declare failed because the entity does not exist (passive declare).
 pub fn is_not_found(e: &lapin::Error) -> bool {
     matches!(e, lapin::Error::ProtocolError(amqp) if amqp.get_id() == 404)
@@ -180,7 +186,13 @@ mod tests {
             "NOT_FOUND - no exchange 'x' in vhost '/'".into(),
         ));
         let err = confirmation(Err(not_found), "evt_1").err();
-        assert!(err.is_some_and(|e| !e.is_retryable() && e.message.contains("404")));
+        assert!(err
+            .as_ref()
+            .is_some_and(|e| !e.is_retryable() && e.message.contains("404")));
+        assert!(err.is_some_and(|e| is_missing_exchange(&e.message)));
+        assert!(!is_missing_exchange(
+            "RabbitMQ refused the message: 404 NOT_FOUND - no queue 'q'"
+        ));
         let io = lapin::Error::IOError(std::sync::Arc::new(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset,
         )));

@@ -55,6 +55,9 @@ struct Shared {
     in_flight: AtomicUsize,
     settled: Notify,
     closing: AtomicBool,
+    /// A publish found the exchange missing (deleted while connected): the supervisor declares
+    /// the topology again on the live connection.
+    topology_lost: AtomicBool,
 }
 
 impl Shared {
@@ -101,7 +104,7 @@ impl AmqpSink {
     /// Starts the sink and its supervisor. Does not wait for the broker: a broker that is down
     /// is not an error here, the sink connects when it can.
     pub async fn new(name: &str, config: &RabbitMqSinkConfig, ack_timeout: Duration) -> Result<AmqpSink, String> {
-        let mut uri = connection::parse_uri(&config.url)?;
+        let mut uri = connection::parse_uri(&config.url, config.connect_timeout)?;
         if let Some(source) = &config.password {
             let secret = source.load().map_err(|e| format!("password: {e}"))?;
             uri.authority.userinfo.password =
@@ -119,6 +122,7 @@ impl AmqpSink {
             in_flight: AtomicUsize::new(0),
             settled: Notify::new(),
             closing: AtomicBool::new(false),
+            topology_lost: AtomicBool::new(false),
         });
         tracing::debug!(sink = name, url = %redact_url(&config.url), "starting the RabbitMQ sink");
         tokio::spawn(connection::supervise(shared.clone(), uri, config.clone()));
@@ -172,7 +176,17 @@ impl AmqpSink {
         let message_id = envelope.meta.id.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let result = publish_one(&conn, &exchange, &routing_key, &payload, properties, &message_id).await;
+            let mut result = publish_one(&conn, &exchange, &routing_key, &payload, properties, &message_id).await;
+            if let Err(e) = &result {
+                if !exchange.is_empty() && message::is_missing_exchange(&e.message) {
+                    // The sink owns the exchange's declaration: declare it again and let Stripe's
+                    // retry through, instead of refusing every event until the next reconnect.
+                    shared.topology_lost.store(true, Ordering::SeqCst);
+                    result = Err(SinkError::retryable(format!(
+                        "exchange `{exchange}` does not exist any more; declaring it again"
+                    )));
+                }
+            }
             if result.as_ref().is_err_and(|e| e.is_retryable()) {
                 shared.wake.notify_one();
             }
