@@ -307,6 +307,95 @@ routes:
     bridge.shutdown().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_the_cluster_will_not_create_is_500_promptly_and_used_once_created() {
+    require_broker(Duration::from_secs(10));
+    let topic = unique_topic("missing");
+    // The producer asks the broker not to create topics, as a cluster with auto-creation off does.
+    // The default ack_timeout (5 s), so the default propagation wait (2 s) is what is tested.
+    let config = one_topic_config("    options:\n      allow.auto.create.topics: \"false\"\n", &topic)
+        .replace("ack_timeout: \"2s\"", "ack_timeout: \"5s\"");
+    assert!(config.contains("ack_timeout: \"5s\""), "{config}");
+    let bridge = spawn(&config).await;
+
+    let body = stripe_event(&unique_id("missing"), "invoice.paid", "in_missing", None, false);
+    let start = Instant::now();
+    let (answer, _) = post(bridge.webhook_addr, &body).await;
+    let took = start.elapsed();
+    assert_eq!(
+        answer.status,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "after {took:?}: {:?}",
+        answer.body
+    );
+    // Before the sink's own deadline (queue + message timeout, 4.5 s), which would be a 503.
+    assert!(took < Duration::from_millis(4500), "answered in {took:?}");
+    let message = answer.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains(&topic), "{message}");
+    let text = String::from_utf8_lossy(&get(bridge.admin_addr, "/metrics").await.body).to_string();
+    let errors =
+        format!("hookbridge_publish_errors_total{{sink=\"events\",destination=\"{topic}\",class=\"permanent\"}}");
+    assert_eq!(metric(&text, &errors), Some(1.0), "{text}");
+
+    // An operator creates the topic: the same event goes through without a restart.
+    tokio::task::spawn_blocking({
+        let topic = topic.clone();
+        move || kafka_sh(&["create-topic", &topic])
+    })
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (answer, _) = post(bridge.webhook_addr, &body).await;
+        if answer.status == StatusCode::OK {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still {} after the topic was created: {:?}",
+            answer.status,
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let records = read_topic(&topic, 1, READ_TIMEOUT, SETTLE);
+    assert_eq!(records.len(), 1, "exactly the one accepted event is in {topic}");
+    assert_eq!(records[0].payload, body.to_vec());
+    bridge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_the_cluster_is_still_creating_is_503_then_200() {
+    require_broker(Duration::from_secs(10));
+    let topic = unique_topic("creating");
+    // With no time allowed for metadata to propagate, librdkafka calls a new topic unknown at
+    // the broker's first answer, while the broker is still auto-creating it: the situation of a
+    // topic first used during a broker outage. The cluster creates topics, so that is a retry.
+    let config = one_topic_config("    options:\n      topic.metadata.propagation.max.ms: 0\n", &topic);
+    let bridge = spawn(&config).await;
+
+    let body = stripe_event(&unique_id("creating"), "invoice.paid", "in_creating", None, false);
+    let (answer, _) = post(bridge.webhook_addr, &body).await;
+    assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", answer.body);
+    let message = answer.json()["message"].as_str().unwrap().to_string();
+    assert!(message.contains("creates it on first use"), "{message}");
+
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (answer, _) = post(bridge.webhook_addr, &body).await;
+        if answer.status == StatusCode::OK {
+            break;
+        }
+        assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", answer.body);
+        assert!(Instant::now() < deadline, "still {:?}", answer.body);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let records = read_topic(&topic, 1, READ_TIMEOUT, SETTLE);
+    assert_eq!(records.len(), 1, "exactly the one accepted event is in {topic}");
+    assert_eq!(records[0].payload, body.to_vec());
+    bridge.shutdown().await;
+}
+
 #[test]
 fn check_config_accepts_the_kafka_example_and_redacts_secrets() {
     let out = Command::new(bin())

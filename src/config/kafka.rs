@@ -181,6 +181,15 @@ impl KafkaSinkConfig {
         if !self.options.contains_key("delivery.timeout.ms") {
             default("message.timeout.ms", timings.message_timeout.as_millis().to_string());
         }
+        // librdkafka calls a topic unknown only after `topic.metadata.propagation.max.ms` (30 s by
+        // default), longer than any message timeout here: a topic that does not exist and that the
+        // cluster will not create would time out as retryable (503) on every retry. Half the
+        // message timeout lets it fail as what it is (500) and still leaves a cluster that
+        // auto-creates topics time to create a new one.
+        default(
+            "topic.metadata.propagation.max.ms",
+            (timings.message_timeout / 2).as_millis().to_string(),
+        );
         // Recover quickly when a broker comes back (librdkafka's default backs off up to 10s).
         default("reconnect.backoff.max.ms", "1000".into());
         props.insert("bootstrap.servers".into(), self.brokers.trim().to_string());
@@ -394,6 +403,7 @@ mod tests {
         assert_eq!(p["bootstrap.servers"], "127.0.0.1:9092");
         assert_eq!(p["client.id"], "hookbridge");
         assert_eq!(p["message.timeout.ms"], "4000");
+        assert_eq!(p["topic.metadata.propagation.max.ms"], "2000");
         assert_eq!(c.timings(FIVE).queue_timeout, Duration::from_millis(500));
         let t = c.timings(Duration::from_secs(2));
         assert_eq!(t.message_timeout, Duration::from_millis(1600));
@@ -435,6 +445,8 @@ mod tests {
         let p = c.properties(FIVE);
         assert_eq!(p["reconnect.backoff.max.ms"], "5000");
         assert_eq!(p["client.id"], "x");
+        let c = parse(r#"{"brokers":"b:9092","options":{"topic.metadata.propagation.max.ms":"30000"}}"#);
+        assert_eq!(c.properties(FIVE)["topic.metadata.propagation.max.ms"], "30000");
     }
 
     #[test]

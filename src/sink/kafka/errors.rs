@@ -44,6 +44,14 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
     }
 }
 
+/// Whether librdkafka says the topic does not exist.
+pub fn is_unknown_topic(error: &KafkaError) -> bool {
+    matches!(
+        error.rdkafka_error_code(),
+        Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition)
+    )
+}
+
 /// The class of any error rdkafka returns.
 pub fn classify(error: &KafkaError) -> ErrorClass {
     match error.rdkafka_error_code() {

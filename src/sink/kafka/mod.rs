@@ -12,6 +12,8 @@
 //!   [`HEALTH_PROBE_TIMEOUT`], its answer shared for [`HEALTH_CACHE`] by concurrent callers.
 //! - a producer that librdkafka declares fatally failed (idempotence state lost) is replaced by
 //!   a fresh one on the next failed publish; the failed publishes are answered 503.
+//! - a topic librdkafka calls unknown is a permanent failure when nothing will create it, and
+//!   retryable while the cluster is creating it (see [`KafkaSink::unknown_topic`]).
 
 pub mod errors;
 
@@ -20,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
 use rdkafka::client::ClientContext;
+use rdkafka::config::FromClientConfigAndContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -33,6 +37,8 @@ use crate::config::kafka::{is_sensitive, KafkaSinkConfig};
 pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long one health answer is reused, so a burst of `/readyz` calls makes one request.
 pub const HEALTH_CACHE: Duration = Duration::from_millis(500);
+/// How long the cluster's `auto.create.topics.enable` is reused once read.
+const AUTO_CREATE_CACHE: Duration = Duration::from_secs(60);
 
 /// Forwards librdkafka's logs and global errors to `tracing`, tagged with the sink's name.
 pub struct BridgeContext {
@@ -77,6 +83,12 @@ pub struct KafkaSink {
     message_timeout: Duration,
     producer: RwLock<Arc<Producer_>>,
     health: tokio::sync::Mutex<Option<(Instant, Result<(), SinkError>)>>,
+    /// `allow.auto.create.topics`: whether this producer asks the cluster to create topics.
+    asks_auto_create: bool,
+    /// The cluster's `auto.create.topics.enable`, when it was last read.
+    cluster_auto_create: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// Reads broker configs; made on first need (a missing topic), never on the hot path.
+    admin: std::sync::OnceLock<Option<AdminClient<BridgeContext>>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -130,6 +142,9 @@ impl KafkaSink {
             message_timeout: timings.message_timeout,
             producer: RwLock::new(Arc::new(producer)),
             health: tokio::sync::Mutex::new(None),
+            asks_auto_create: asks_auto_create(props.get("allow.auto.create.topics").map(String::as_str)),
+            cluster_auto_create: tokio::sync::Mutex::new(None),
+            admin: std::sync::OnceLock::new(),
         })
     }
 
@@ -173,7 +188,7 @@ impl KafkaSink {
         result
     }
 
-    async fn send(&self, producer: &Producer_, topic: &str, envelope: &Envelope) -> Result<(), SinkError> {
+    async fn send(&self, producer: &Arc<Producer_>, topic: &str, envelope: &Envelope) -> Result<(), SinkError> {
         let headers = envelope
             .headers()
             .into_iter()
@@ -189,6 +204,9 @@ impl KafkaSink {
             .headers(headers);
         let start = Instant::now();
         let queue_deadline = start + self.queue_timeout;
+        // librdkafka checks message timeouts about once a second, so it may report a timeout up
+        // to a second late; this bound keeps the answer within queue + message timeout.
+        let confirm_deadline = start + self.queue_timeout + self.message_timeout;
         let delivery = loop {
             match producer.send_result(record) {
                 Ok(delivery) => break delivery,
@@ -198,12 +216,9 @@ impl KafkaSink {
                     record = r;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                Err((e, _)) => return Err(errors::publish_error(&self.name, topic, &e)),
+                Err((e, _)) => return Err(self.failed(producer, topic, &e, confirm_deadline).await),
             }
         };
-        // librdkafka checks message timeouts about once a second, so it may report a timeout up
-        // to a second late; this bound keeps the answer within queue + message timeout.
-        let confirm_deadline = start + self.queue_timeout + self.message_timeout;
         let Ok(delivery) = tokio::time::timeout_at(confirm_deadline.into(), delivery).await else {
             return Err(SinkError::retryable(format!(
                 "kafka sink {}: topic {topic}: the broker did not confirm within {}",
@@ -213,12 +228,105 @@ impl KafkaSink {
         };
         match delivery {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => Err(errors::publish_error(&self.name, topic, &e)),
+            Ok(Err((e, _))) => Err(self.failed(producer, topic, &e, confirm_deadline).await),
             Err(_) => Err(SinkError::retryable(format!(
                 "kafka sink {}: topic {topic}: the producer was closed before the broker confirmed",
                 self.name
             ))),
         }
+    }
+
+    async fn failed(&self, producer: &Arc<Producer_>, topic: &str, error: &KafkaError, deadline: Instant) -> SinkError {
+        if errors::is_unknown_topic(error) {
+            self.unknown_topic(producer, topic, error, deadline).await
+        } else {
+            errors::publish_error(&self.name, topic, error)
+        }
+    }
+
+    /// The answer for a topic librdkafka calls unknown. It is permanent (500) when nothing will
+    /// create the topic: this producer does not ask for it, or the cluster does not create topics.
+    /// A cluster that creates topics on first use is creating this one, and librdkafka reports it
+    /// unknown meanwhile (at once after a broker outage, for instance): retryable (503). When the
+    /// cluster cannot be asked before `deadline`, librdkafka's verdict stands.
+    async fn unknown_topic(
+        &self,
+        producer: &Arc<Producer_>,
+        topic: &str,
+        error: &KafkaError,
+        deadline: Instant,
+    ) -> SinkError {
+        let refused = errors::publish_error(&self.name, topic, error);
+        if !self.asks_auto_create {
+            return SinkError::permanent(format!(
+                "{} (the producer does not ask for it to be created: allow.auto.create.topics=false)",
+                refused.message
+            ));
+        }
+        match tokio::time::timeout_at(deadline.into(), self.cluster_creates_topics(producer, topic)).await {
+            Ok(Some(true)) => SinkError::retryable(format!(
+                "kafka sink {}: topic {topic} does not exist yet; the cluster creates it on first use",
+                self.name
+            )),
+            Ok(Some(false)) => SinkError::permanent(format!(
+                "{} (the cluster does not create topics: auto.create.topics.enable=false)",
+                refused.message
+            )),
+            _ => refused,
+        }
+    }
+
+    /// The cluster's `auto.create.topics.enable`, as a broker reports it; `None` when it cannot
+    /// be read (no broker answers, or this client may not describe broker configs).
+    async fn cluster_creates_topics(&self, producer: &Arc<Producer_>, topic: &str) -> Option<bool> {
+        let mut cached = self.cluster_auto_create.lock().await;
+        if let Some((at, value)) = *cached {
+            if at.elapsed() < AUTO_CREATE_CACHE {
+                return Some(value);
+            }
+        }
+        let p = producer.clone();
+        let topic = topic.to_string();
+        let broker = tokio::task::spawn_blocking(move || {
+            p.client()
+                .fetch_metadata(Some(&topic), HEALTH_PROBE_TIMEOUT)
+                .ok()
+                .and_then(|m| m.brokers().first().map(|b| b.id()))
+        })
+        .await
+        .ok()??;
+        let admin = self
+            .admin
+            .get_or_init(|| {
+                let mut config = self.client_config.clone();
+                // A plain client: no producer id to acquire.
+                config.set("enable.idempotence", "false");
+                let context = BridgeContext {
+                    sink: self.name.clone(),
+                };
+                AdminClient::from_config_and_context(&config, context).ok()
+            })
+            .as_ref()?;
+        let options = AdminOptions::new().request_timeout(Some(HEALTH_PROBE_TIMEOUT));
+        let described = admin
+            .describe_configs(&[ResourceSpecifier::Broker(broker)], &options)
+            .await;
+        let value = match described {
+            Ok(results) => results
+                .into_iter()
+                .next()?
+                .ok()?
+                .get("auto.create.topics.enable")?
+                .value
+                .as_deref()
+                .map(|v| v.eq_ignore_ascii_case("true"))?,
+            Err(e) => {
+                tracing::debug!(sink = %self.name, error = %e, "cannot read the cluster's auto.create.topics.enable");
+                return None;
+            }
+        };
+        *cached = Some((Instant::now(), value));
+        Some(value)
     }
 
     async fn probe(&self) -> Result<(), SinkError> {
@@ -253,6 +361,12 @@ impl KafkaSink {
             ))),
         }
     }
+}
+
+/// Whether a producer with this `allow.auto.create.topics` asks the cluster to create topics
+/// (librdkafka's default for producers is yes; it reads `true`, `t` and `1` as yes).
+fn asks_auto_create(value: Option<&str>) -> bool {
+    value.is_none_or(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "t" | "1"))
 }
 
 fn create(name: &str, client_config: &ClientConfig) -> Result<Producer_, String> {

@@ -100,3 +100,14 @@ async fn a_broker_going_down_fails_health_and_publishes_as_retryable() {
     }
     sink.publish("t", &envelope()).await.unwrap();
 }
+
+#[test]
+fn the_producer_asks_for_auto_creation_unless_told_not_to() {
+    use super::asks_auto_create;
+    for yes in [None, Some("true"), Some("TRUE"), Some("t"), Some("1"), Some(" true ")] {
+        assert!(asks_auto_create(yes), "{yes:?}");
+    }
+    for no in [Some("false"), Some("0"), Some("f"), Some("no")] {
+        assert!(!asks_auto_create(no), "{no:?}");
+    }
+}
