@@ -178,7 +178,8 @@ broker_pid() {
   if [[ "$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null)" == Z ]] && ((${#tasks[@]} <= 1)); then
     return 0
   fi
-  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q " $BROKER_MAIN " || return 0
+  # A stale pid may have been reused: only a broker of this run dir counts.
+  tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF " $BROKER_MAIN $RUN/server.properties" || return 0
   echo "$pid"
 }
 
@@ -261,8 +262,12 @@ cmd_start() {
     -cp "$LIB/*" "$BROKER_MAIN" "$RUN/server.properties" \
     </dev/null >"$LOG" 2>&1 8>&- 9>&- &
   # Wait for the pid file (written by the inner shell right away).
+  local launcher=$!
   for _ in $(seq 100); do [[ -s "$PIDFILE" ]] && break; sleep 0.1; done
-  [[ -s "$PIDFILE" ]] || die "the broker's launcher wrote no pid file within 10 s"
+  if [[ ! -s "$PIDFILE" ]]; then
+    kill -KILL "$launcher" 2>/dev/null || true
+    die "the broker's launcher wrote no pid file within 10 s"
+  fi
   if ! wait_ready_or_cleanup; then exit 1; fi
   say "started Kafka $KAFKA_VERSION (pid $(cat "$PIDFILE")) on $BOOTSTRAP in $((SECONDS - t0))s; log: $LOG"
 }
