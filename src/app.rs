@@ -144,6 +144,8 @@ pub struct State {
     pub draining: AtomicBool,
     /// Caps requests in flight (`http.max_concurrent_requests`).
     pub limiter: tokio::sync::Semaphore,
+    /// `http.max_header_bytes` as the listeners were built with it (a reload does not change it).
+    pub max_header_bytes: usize,
     /// Sinks a reload removed: closed at shutdown with the others.
     retired: std::sync::Mutex<Vec<Arc<dyn Sink>>>,
     /// The TLS certificate being served, if any.
@@ -159,6 +161,7 @@ impl State {
             clock,
             draining: AtomicBool::new(false),
             limiter: tokio::sync::Semaphore::new(settings.http.max_concurrent_requests),
+            max_header_bytes: settings.http.max_header_bytes,
             retired: std::sync::Mutex::new(Vec::new()),
             tls: None,
         }

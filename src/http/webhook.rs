@@ -60,7 +60,7 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
         return finish(&state, &live, "", start, Err(Rejection::NotFound), Outcome::empty());
     };
     let endpoint_path = endpoint.path.clone();
-    let limit = live.http.max_header_bytes;
+    let limit = state.max_header_bytes;
     if head_size(&req) > limit {
         let too_large = Err(Rejection::HeadersTooLarge { limit });
         return finish(&state, &live, &endpoint_path, start, too_large, Outcome::empty());
