@@ -345,6 +345,99 @@ routes:
 }
 
 #[tokio::test]
+async fn a_deleted_exchange_the_bridge_may_not_declare_is_500_until_it_is_back() {
+    // A user that may write and read but configure nothing: it cannot declare an exchange.
+    let user = "hookbridge-test-writer";
+    let password = "wr1ter-only";
+    let users = amqp_support::rabbitmq_sh(&["ctl", "list_users"]);
+    if !users.lines().any(|l| l.split_whitespace().next() == Some(user)) {
+        amqp_support::rabbitmq_sh(&["ctl", "add_user", user, password]);
+    }
+    amqp_support::rabbitmq_sh(&["ctl", "set_permissions", "-p", "/", user, "^$", ".*", ".*"]);
+
+    // The exchange, queue and binding are an administrator's.
+    let exchange = unique("owned");
+    let queue = unique("owned-q");
+    let (_conn, ch) = channel().await;
+    let setup = |ch: lapin::Channel, exchange: String, queue: String| async move {
+        let durable = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(&exchange, ExchangeKind::Topic, durable, FieldTable::default())
+            .await
+            .expect("declare the exchange");
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.queue_declare(&queue, durable, FieldTable::default())
+            .await
+            .expect("declare the queue");
+        ch.queue_bind(
+            &queue,
+            &exchange,
+            "#",
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("bind the queue");
+    };
+    setup(ch.clone(), exchange.clone(), queue.clone()).await;
+
+    let config = format!(
+        r#"
+sinks:
+  amqp:
+    kind: rabbitmq
+    url: "amqp://{user}:{password}@127.0.0.1:5672/%2f"
+    exchange: "{exchange}"
+routes:
+  - match: "*"
+    to: [{{ sink: amqp, routing_key: "{{type}}" }}]
+"#
+    );
+    let bridge = spawn(&yaml(&config)).await;
+    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
+    let id = unique("evt_owned");
+    let post = |id: String| {
+        let addr = bridge.webhook_addr;
+        async move { post_signed(addr, event(&id, "invoice.paid")).await }
+    };
+    assert_eq!(post(id.clone()).await.status, 200);
+
+    ch.exchange_delete(&exchange, ExchangeDeleteOptions::default())
+        .await
+        .expect("delete the exchange");
+    // First a retry (the sink tries to declare it again), then, once that was refused, a 500
+    // that says why.
+    let lost = unique("evt_lost");
+    let a = post(lost.clone()).await;
+    assert_eq!(a.status, 503, "{:?}", a.body);
+    let start = Instant::now();
+    loop {
+        let a = post(lost.clone()).await;
+        if a.status == 500 {
+            let text = String::from_utf8_lossy(&a.body);
+            assert!(text.contains("cannot be declared again"), "{text}");
+            assert!(text.contains("403"), "{text}");
+            break;
+        }
+        assert_eq!(a.status, 503, "{:?}", a.body);
+        assert!(start.elapsed() < Duration::from_secs(10), "never a 500: {:?}", a.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // The administrator puts it back: the same event goes through.
+    setup(ch.clone(), exchange.clone(), queue.clone()).await;
+    assert_eq!(post(lost.clone()).await.status, 200);
+    let got: Vec<String> = drain(&ch, &queue).await.iter().map(message_id).collect();
+    assert_eq!(got, vec![id, lost]);
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
 async fn an_existing_exchange_is_used_as_it_is() {
     // An exchange created by someone else as `direct`; the sink (default type topic) must not
     // try to redeclare it, which the broker would refuse.

@@ -28,6 +28,8 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const CHECK_EVERY: Duration = Duration::from_millis(250);
 /// The topology is declared again at most this often while publishes find the exchange missing.
 const REDECLARE_EVERY: Duration = Duration::from_millis(500);
+/// ... and at most this often after declaring it again failed.
+const REDECLARE_RETRY: Duration = Duration::from_secs(5);
 /// Repeated connection failures are logged at warn at most this often.
 const WARN_EVERY: Duration = Duration::from_secs(30);
 
@@ -233,20 +235,25 @@ async fn declare(conn: &Conn, config: &RabbitMqSinkConfig) -> Result<Channel, St
 }
 
 /// Declares the exchange, queues and bindings again on a live connection, after a publish found
-/// the exchange gone.
+/// the exchange gone. A failure is logged when it starts; later publishes answer 500 with it.
 async fn redeclare(shared: &Shared, conn: &Conn, config: &RabbitMqSinkConfig) {
-    match tokio::time::timeout(config.connect_timeout, declare(conn, config)).await {
+    let failure = match tokio::time::timeout(config.connect_timeout, declare(conn, config)).await {
         Ok(Ok(ch)) => {
             conn.checkin(ch);
+            shared.set_topology_error(None);
             tracing::warn!(sink = %shared.name, exchange = %config.exchange, "the exchange had disappeared; declared the topology again");
+            return;
         }
-        Ok(Err(error)) => {
-            tracing::warn!(sink = %shared.name, %error, "the exchange has disappeared and cannot be declared again");
-        }
-        Err(_) => {
-            tracing::warn!(sink = %shared.name, "the exchange has disappeared and declaring it again timed out");
-        }
+        Ok(Err(error)) => error,
+        Err(_) => format!(
+            "declaring the topology again took longer than {}",
+            humantime::format_duration(config.connect_timeout)
+        ),
+    };
+    if shared.topology_error().is_none() {
+        tracing::error!(sink = %shared.name, exchange = %config.exchange, error = %failure, "the exchange has disappeared and cannot be declared again; publishes fail until it exists");
     }
+    shared.set_topology_error(Some(failure));
 }
 
 /// Keeps a connection up until shutdown.
@@ -277,6 +284,8 @@ pub async fn supervise(shared: Arc<Shared>, uri: AMQPUri, config: RabbitMqSinkCo
                     tracing::info!(sink = %shared.name, endpoint = %shared.endpoint, "connected to RabbitMQ");
                 }
                 shared.set_error(None);
+                // The connection declared the whole topology.
+                shared.set_topology_error(None);
                 shared.current.store(Some(conn.clone()));
                 backoff = FIRST_BACKOFF;
                 // Watch it until it dies or shutdown begins.
@@ -290,9 +299,17 @@ pub async fn supervise(shared: Arc<Shared>, uri: AMQPUri, config: RabbitMqSinkCo
                     if !conn.usable() {
                         break;
                     }
-                    if last_declare.elapsed() >= REDECLARE_EVERY && shared.topology_lost.swap(false, Ordering::SeqCst) {
+                    let every = if shared.topology_error().is_some() {
+                        REDECLARE_RETRY
+                    } else {
+                        REDECLARE_EVERY
+                    };
+                    if last_declare.elapsed() >= every && shared.topology_lost.swap(false, Ordering::SeqCst) {
                         last_declare = Instant::now();
-                        redeclare(&shared, &conn, &config).await;
+                        tokio::select! {
+                            _ = redeclare(&shared, &conn, &config) => {}
+                            _ = stop.changed() => return,
+                        }
                     }
                 }
                 shared.current.store(None);

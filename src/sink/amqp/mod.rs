@@ -58,11 +58,22 @@ struct Shared {
     /// A publish found the exchange missing (deleted while connected): the supervisor declares
     /// the topology again on the live connection.
     topology_lost: AtomicBool,
+    /// Why the last attempt to declare a missing exchange again failed; cleared by a success or
+    /// a new connection. While set, a missing exchange is a permanent failure.
+    topology_error: Mutex<Option<String>>,
 }
 
 impl Shared {
     fn set_error(&self, e: Option<String>) {
         *self.last_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    fn set_topology_error(&self, e: Option<String>) {
+        *self.topology_error.lock().unwrap_or_else(|p| p.into_inner()) = e;
+    }
+
+    fn topology_error(&self) -> Option<String> {
+        self.topology_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
     fn not_connected(&self) -> SinkError {
@@ -123,6 +134,7 @@ impl AmqpSink {
             settled: Notify::new(),
             closing: AtomicBool::new(false),
             topology_lost: AtomicBool::new(false),
+            topology_error: Mutex::new(None),
         });
         tracing::debug!(sink = name, url = %redact_url(&config.url), "starting the RabbitMQ sink");
         tokio::spawn(connection::supervise(shared.clone(), uri, config.clone()));
@@ -181,10 +193,16 @@ impl AmqpSink {
                 if !exchange.is_empty() && message::is_missing_exchange(&e.message) {
                     // The sink owns the exchange's declaration: declare it again and let Stripe's
                     // retry through, instead of refusing every event until the next reconnect.
+                    // Unless declaring it again already failed: then it is missing for good.
                     shared.topology_lost.store(true, Ordering::SeqCst);
-                    result = Err(SinkError::retryable(format!(
-                        "exchange `{exchange}` does not exist any more; declaring it again"
-                    )));
+                    result = Err(match shared.topology_error() {
+                        None => SinkError::retryable(format!(
+                            "exchange `{exchange}` does not exist any more; declaring it again"
+                        )),
+                        Some(why) => SinkError::permanent(format!(
+                            "exchange `{exchange}` does not exist and cannot be declared again: {why}"
+                        )),
+                    });
                 }
             }
             if result.as_ref().is_err_and(|e| e.is_retryable()) {
