@@ -39,6 +39,8 @@ pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_millis(1500);
 pub const HEALTH_CACHE: Duration = Duration::from_millis(500);
 /// How long the cluster's `auto.create.topics.enable` is reused once read.
 const AUTO_CREATE_CACHE: Duration = Duration::from_secs(60);
+/// How long a failure to read it is reused before the next attempt.
+const AUTO_CREATE_RETRY: Duration = Duration::from_secs(10);
 
 /// Forwards librdkafka's logs and global errors to `tracing`, tagged with the sink's name.
 pub struct BridgeContext {
@@ -86,9 +88,9 @@ pub struct KafkaSink {
     /// `allow.auto.create.topics`: whether this producer asks the cluster to create topics.
     asks_auto_create: bool,
     /// The cluster's `auto.create.topics.enable`, when it was last read.
-    cluster_auto_create: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    cluster_auto_create: tokio::sync::Mutex<Option<(Instant, Option<bool>)>>,
     /// Reads broker configs; made on first need (a missing topic), never on the hot path.
-    admin: std::sync::OnceLock<Option<AdminClient<BridgeContext>>>,
+    admin: std::sync::OnceLock<Result<AdminClient<BridgeContext>, String>>,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -277,24 +279,44 @@ impl KafkaSink {
     }
 
     /// The cluster's `auto.create.topics.enable`, as a broker reports it; `None` when it cannot
-    /// be read (no broker answers, or this client may not describe broker configs).
+    /// be read (no broker answers, or this client may not describe broker configs). An answer is
+    /// reused for [`AUTO_CREATE_CACHE`], a failure (logged) for [`AUTO_CREATE_RETRY`]; concurrent
+    /// callers wait for one lookup.
     async fn cluster_creates_topics(&self, producer: &Arc<Producer_>, topic: &str) -> Option<bool> {
         let mut cached = self.cluster_auto_create.lock().await;
         if let Some((at, value)) = *cached {
-            if at.elapsed() < AUTO_CREATE_CACHE {
-                return Some(value);
+            let ttl = if value.is_some() {
+                AUTO_CREATE_CACHE
+            } else {
+                AUTO_CREATE_RETRY
+            };
+            if at.elapsed() < ttl {
+                return value;
             }
         }
+        let value = match self.read_cluster_auto_create(producer, topic).await {
+            Ok(v) => Some(v),
+            Err(why) => {
+                tracing::warn!(sink = %self.name, error = %why, "cannot read the cluster's auto.create.topics.enable; a missing topic is answered 500");
+                None
+            }
+        };
+        *cached = Some((Instant::now(), value));
+        value
+    }
+
+    async fn read_cluster_auto_create(&self, producer: &Arc<Producer_>, topic: &str) -> Result<bool, String> {
         let p = producer.clone();
         let topic = topic.to_string();
         let broker = tokio::task::spawn_blocking(move || {
             p.client()
                 .fetch_metadata(Some(&topic), HEALTH_PROBE_TIMEOUT)
-                .ok()
-                .and_then(|m| m.brokers().first().map(|b| b.id()))
+                .map(|m| m.brokers().first().map(|b| b.id()))
         })
         .await
-        .ok()??;
+        .map_err(|e| format!("metadata request failed: {e}"))?
+        .map_err(|e| format!("no metadata: {e}"))?
+        .ok_or("the cluster reports no brokers")?;
         let admin = self
             .admin
             .get_or_init(|| {
@@ -304,29 +326,24 @@ impl KafkaSink {
                 let context = BridgeContext {
                     sink: self.name.clone(),
                 };
-                AdminClient::from_config_and_context(&config, context).ok()
+                AdminClient::from_config_and_context(&config, context).map_err(|e| config_error(&e))
             })
-            .as_ref()?;
+            .as_ref()
+            .map_err(|e| format!("cannot create an admin client: {e}"))?;
         let options = AdminOptions::new().request_timeout(Some(HEALTH_PROBE_TIMEOUT));
-        let described = admin
+        let resource = admin
             .describe_configs(&[ResourceSpecifier::Broker(broker)], &options)
-            .await;
-        let value = match described {
-            Ok(results) => results
-                .into_iter()
-                .next()?
-                .ok()?
-                .get("auto.create.topics.enable")?
-                .value
-                .as_deref()
-                .map(|v| v.eq_ignore_ascii_case("true"))?,
-            Err(e) => {
-                tracing::debug!(sink = %self.name, error = %e, "cannot read the cluster's auto.create.topics.enable");
-                return None;
-            }
-        };
-        *cached = Some((Instant::now(), value));
-        Some(value)
+            .await
+            .map_err(|e| format!("DescribeConfigs failed: {e}"))?
+            .into_iter()
+            .next()
+            .ok_or("DescribeConfigs returned nothing")?
+            .map_err(|code| format!("DescribeConfigs for broker {broker}: {code:?}"))?;
+        let value = resource
+            .get("auto.create.topics.enable")
+            .and_then(|entry| entry.value.as_deref())
+            .ok_or("the broker config has no auto.create.topics.enable")?;
+        Ok(value.eq_ignore_ascii_case("true"))
     }
 
     async fn probe(&self) -> Result<(), SinkError> {
