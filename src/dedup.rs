@@ -1,4 +1,5 @@
-//! A bounded window of event ids already published: by count and by age.
+//! A bounded window of event ids already published (by count and by age), and the ids being
+//! published right now, so that two copies of one event arriving together are not both published.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,41 @@ pub struct Dedup {
 struct Window {
     ids: HashSet<Arc<str>>,
     order: VecDeque<(Instant, Arc<str>)>,
+    /// Claimed by a request that is publishing them; at most one entry per request in flight.
+    in_flight: HashSet<Arc<str>>,
+}
+
+/// What [`Dedup::claim`] found.
+pub enum Claim<'a> {
+    /// Published within the window: acknowledge, do not publish again.
+    Published,
+    /// Another request is publishing this event now.
+    InFlight,
+    /// This request publishes it; the claim ends when the guard is dropped.
+    Claimed(ClaimGuard<'a>),
+}
+
+/// Holds an event id as in flight until dropped (also when the request is cancelled).
+pub struct ClaimGuard<'a> {
+    dedup: &'a Dedup,
+    id: Option<Arc<str>>,
+}
+
+impl ClaimGuard<'_> {
+    /// Records the event as published at `now`, then releases the claim.
+    pub fn published(self, now: Instant) {
+        if let Some(id) = &self.id {
+            self.dedup.insert(id, now);
+        }
+    }
+}
+
+impl Drop for ClaimGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.dedup.lock().in_flight.remove(&id);
+        }
+    }
 }
 
 impl Window {
@@ -42,6 +78,28 @@ impl Dedup {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Window> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `id` was published within the window, is being published, or is now claimed by
+    /// the caller. With dedup off every claim succeeds and nothing is tracked.
+    pub fn claim(&self, id: &str, now: Instant) -> Claim<'_> {
+        if self.capacity == 0 {
+            return Claim::Claimed(ClaimGuard { dedup: self, id: None });
+        }
+        let mut w = self.lock();
+        w.expire(now, self.ttl, self.capacity);
+        if w.ids.contains(id) {
+            return Claim::Published;
+        }
+        if w.in_flight.contains(id) {
+            return Claim::InFlight;
+        }
+        let id: Arc<str> = Arc::from(id);
+        w.in_flight.insert(id.clone());
+        Claim::Claimed(ClaimGuard {
+            dedup: self,
+            id: Some(id),
+        })
     }
 
     /// Whether `id` was published within the window.
@@ -120,6 +178,36 @@ mod tests {
         let d = Dedup::new(0, Duration::from_secs(60));
         d.insert("evt_1", Instant::now());
         assert!(!d.seen("evt_1", Instant::now()));
+    }
+
+    #[test]
+    fn a_claim_holds_the_id_until_published_or_dropped() {
+        let d = Dedup::new(10, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let Claim::Claimed(first) = d.claim("evt_1", t0) else {
+            panic!("a new id is claimed")
+        };
+        assert!(matches!(d.claim("evt_1", t0), Claim::InFlight));
+        assert!(matches!(d.claim("evt_2", t0), Claim::Claimed(_)));
+        drop(first); // the publish failed or the request was cancelled
+        let Claim::Claimed(again) = d.claim("evt_1", t0) else {
+            panic!("a released id is claimed again")
+        };
+        again.published(t0);
+        assert!(matches!(d.claim("evt_1", t0), Claim::Published));
+        assert!(d.lock().in_flight.is_empty());
+    }
+
+    #[test]
+    fn with_dedup_off_every_claim_succeeds() {
+        let d = Dedup::new(0, Duration::from_secs(60));
+        let t0 = Instant::now();
+        let Claim::Claimed(first) = d.claim("evt_1", t0) else {
+            panic!("claimed")
+        };
+        assert!(matches!(d.claim("evt_1", t0), Claim::Claimed(_)));
+        first.published(t0);
+        assert!(matches!(d.claim("evt_1", t0), Claim::Claimed(_)));
     }
 
     #[test]

@@ -121,6 +121,26 @@ async fn duplicate_event_id_is_acknowledged_but_not_published_again() {
 }
 
 #[tokio::test]
+async fn two_copies_of_one_event_at_once_are_published_once() {
+    let (bridge, mem) = one_sink().await;
+    mem.set_behaviour(Behaviour::Delay(Duration::from_millis(400)));
+    let body = event("evt_twice", "charge.succeeded");
+    let first = tokio::spawn(post_signed(bridge.webhook_addr, body.clone()));
+    // The second copy arrives while the first is being published.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let second = post_signed(bridge.webhook_addr, body.clone()).await;
+    assert_eq!(second.status, StatusCode::SERVICE_UNAVAILABLE, "{:?}", second.body);
+    assert!(second.headers.contains_key("retry-after"));
+    assert_eq!(second.json()["error"], "unavailable", "{:?}", second.body);
+    assert_eq!(first.await.unwrap().status, StatusCode::OK);
+    // Stripe's retry of the second copy is a duplicate of what is now published.
+    let retry = post_signed(bridge.webhook_addr, body).await;
+    assert_eq!(retry.status, StatusCode::OK);
+    assert_eq!(mem.records().len(), 1, "published once");
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
 async fn signature_header_missing_empty_or_malformed_is_400() {
     let (bridge, mem) = one_sink().await;
     let body = event("evt_h", "charge.succeeded");

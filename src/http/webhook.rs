@@ -16,6 +16,7 @@ use hyper::{Request, Response};
 use super::client_ip::{allowed, client_ip};
 use super::response::{received, Rejection};
 use crate::app::{Live, State};
+use crate::dedup::Claim;
 use crate::event::EventMeta;
 use crate::metrics::{
     EndpointLabel, EndpointReason, EndpointStatus, SinkDestination, SinkError as SinkErrorLabels, SinkLabel,
@@ -144,11 +145,21 @@ async fn process(
     let label = || EndpointLabel {
         endpoint: endpoint.path.clone(),
     };
-    if state.dedup.seen(&meta.id, Instant::now()) {
-        state.metrics.duplicates.get_or_create(&label()).inc();
-        outcome.note = "duplicate";
-        return Ok(());
-    }
+    let claim = match state.dedup.claim(&meta.id, Instant::now()) {
+        Claim::Claimed(claim) => claim,
+        Claim::Published => {
+            state.metrics.duplicates.get_or_create(&label()).inc();
+            outcome.note = "duplicate";
+            return Ok(());
+        }
+        // Stripe retries; by then the first copy is published (200 as a duplicate) or failed.
+        Claim::InFlight => {
+            outcome.note = "in flight";
+            return Err(Rejection::Unavailable(
+                "the same event is being published by another request; retry later".into(),
+            ));
+        }
+    };
     let Some((_, route)) = live.router.route(&meta.event_type) else {
         state.metrics.unrouted.get_or_create(&label()).inc();
         outcome.note = "unrouted";
@@ -166,7 +177,7 @@ async fn process(
         meta,
     };
     publish_all(state, live, route, &envelope, start).await?;
-    state.dedup.insert(&envelope.meta.id, Instant::now());
+    claim.published(Instant::now());
     Ok(())
 }
 
