@@ -20,13 +20,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hookbridge::bench::body::{run_tag, Bodies};
 use hookbridge::bench::report::{self, Latency};
 use hookbridge::bench::schedule::Schedule;
 use hookbridge::bench::CeilingArgs;
 use hookbridge::config::RawSink;
-use hookbridge::event::EventMeta;
-use hookbridge::sink::Envelope;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -143,24 +140,7 @@ async fn main() {
         channels.push(ch);
     }
 
-    let bodies = Bodies::load(
-        &args.common.fixtures,
-        args.common.size,
-        run_tag(std::process::id() as u64 ^ 0x616d),
-    )
-    .unwrap();
-    let envelopes: Vec<Envelope> = (0..bodies.templates().len() as u64)
-        .map(|i| {
-            let (_, body) = bodies.make(i);
-            let meta = EventMeta::parse(&body).unwrap();
-            let signature = hookbridge::verify::sign(b"whsec_ceiling", hookbridge::verify::unix_now(), &body);
-            Envelope {
-                payload: body,
-                meta,
-                signature,
-            }
-        })
-        .collect();
+    let (bodies, envelopes) = args.common.bodies(std::process::id() as u64 ^ 0x616d).unwrap();
     let shared = Arc::new((bodies, envelopes, rabbit.exchange.clone()));
 
     let cpu_at_start = report::process_cpu_seconds();

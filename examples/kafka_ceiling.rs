@@ -18,13 +18,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hookbridge::bench::body::{run_tag, Bodies};
 use hookbridge::bench::report::{self, Latency};
 use hookbridge::bench::schedule::Schedule;
 use hookbridge::bench::CeilingArgs;
 use hookbridge::config::RawSink;
-use hookbridge::event::EventMeta;
-use hookbridge::sink::Envelope;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -83,25 +80,8 @@ async fn main() {
     let producer: FutureProducer = cc.create().unwrap();
     let queue_timeout = kafka.timings(settings.ack_timeout).queue_timeout;
 
-    let bodies = Bodies::load(
-        &args.common.fixtures,
-        args.common.size,
-        run_tag(std::process::id() as u64 ^ 0x6b61),
-    )
-    .unwrap();
     // Metadata and a signature header per fixture, computed once: the ceiling does producer work only.
-    let envelopes: Vec<Envelope> = (0..bodies.templates().len() as u64)
-        .map(|i| {
-            let (_, body) = bodies.make(i);
-            let meta = EventMeta::parse(&body).unwrap();
-            let signature = hookbridge::verify::sign(b"whsec_ceiling", hookbridge::verify::unix_now(), &body);
-            Envelope {
-                payload: body,
-                meta,
-                signature,
-            }
-        })
-        .collect();
+    let (bodies, envelopes) = args.common.bodies(std::process::id() as u64 ^ 0x6b61).unwrap();
     let shared = Arc::new((producer, bodies, envelopes, args.topic.clone()));
 
     let cpu_at_start = report::process_cpu_seconds();

@@ -103,7 +103,6 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|_| format!("`{s}` is not a duration; write it like 10s or 500ms"))
 }
 
-/// `4096`, `4k`, `4K`, `4KiB`, `1m`, `1MiB` (binary multiples).
 /// The command-line options both ceiling programs (`examples/`) share.
 #[derive(clap::Args, Debug)]
 pub struct CeilingArgs {
@@ -132,6 +131,28 @@ pub struct CeilingArgs {
     pub json: bool,
 }
 
+impl CeilingArgs {
+    /// The bodies to send (`--fixtures` padded to `--size`, event ids tagged from `seed`) and, per
+    /// fixture, the envelope the bridge would build from it: metadata and a signature header made
+    /// once, so that a ceiling program does broker work only.
+    pub fn bodies(&self, seed: u64) -> Result<(Bodies, Vec<crate::sink::Envelope>), String> {
+        let bodies = Bodies::load(&self.fixtures, self.size, body::run_tag(seed)).map_err(|e| e.to_string())?;
+        let envelopes = (0..bodies.templates().len() as u64)
+            .map(|i| {
+                let (_, body) = bodies.make(i);
+                let meta = crate::event::EventMeta::parse(&body).map_err(|e| e.to_string())?;
+                let signature = crate::verify::sign(b"whsec_ceiling", crate::verify::unix_now(), &body);
+                Ok(crate::sink::Envelope {
+                    payload: body,
+                    meta,
+                    signature,
+                })
+            })
+            .collect::<Result<_, String>>()?;
+        Ok((bodies, envelopes))
+    }
+}
+
 /// For the ceiling programs (`examples/`): loads the bridge config at `path` and picks the first
 /// sink (the one named `name`, when given) that `pick` accepts, so a ceiling runs with exactly the
 /// bridge's settings.
@@ -150,6 +171,7 @@ pub fn sink_from_config<T>(
     Ok((settings, sink))
 }
 
+/// `4096`, `4k`, `4K`, `4KiB`, `1m`, `1MiB` (binary multiples).
 pub fn parse_size(s: &str) -> Result<usize, String> {
     let t = s.trim();
     let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
