@@ -11,7 +11,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use amqp_support::{channel, count, drain, headers, message_id, one_queue, sink_yaml, unique, wait_status};
+use amqp_support::{
+    channel, count, drain, headers, message_id, one_queue, sink_yaml, spawn_bound, unique, wait_status, ROUTE_BY_TYPE,
+};
 use bytes::Bytes;
 use common::{event, get, post_signed, spawn, yaml, SECRET};
 use futures::StreamExt;
@@ -49,12 +51,7 @@ async fn routed_events_land_once_byte_for_byte_with_properties_and_headers() {
     queues.push_str(&format!(
         "      - name: \"{subs}\"\n        type: quorum\n        bindings: [\"customer.subscription.*\"]\n"
     ));
-    let routes = r#"
-routes:
-  - match: "*"
-    to: [{ sink: amqp, routing_key: "{type}" }]
-"#;
-    let bridge = spawn(&yaml(&sink_yaml(&exchange, &queues, routes))).await;
+    let bridge = spawn(&yaml(&sink_yaml(&exchange, &queues, ROUTE_BY_TYPE))).await;
     wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
 
     let invoice_a = event(&unique("evt_a"), "invoice.paid");
@@ -293,13 +290,7 @@ routes:
 async fn an_exchange_deleted_while_connected_is_declared_again() {
     let exchange = unique("deleted");
     let queue = unique("rebound");
-    let routes = r#"
-routes:
-  - match: "*"
-    to: [{ sink: amqp, routing_key: "{type}" }]
-"#;
-    let bridge = spawn(&yaml(&sink_yaml(&exchange, &one_queue(&queue, &["#"]), routes))).await;
-    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
+    let bridge = spawn_bound(&exchange, &queue).await;
     let before = unique("evt_before");
     assert_eq!(
         post_signed(bridge.webhook_addr, event(&before, "invoice.paid"))
@@ -556,11 +547,6 @@ routes:
 async fn amqps_to_a_plain_port_fails_cleanly() {
     // TLS with the system roots against a non-TLS listener: the handshake fails, the bridge
     // stays up and answers 503, and nothing panics (e.g. for want of a crypto provider).
-    let routes = r#"
-routes:
-  - match: "*"
-    to: [{ sink: amqp, routing_key: "{type}" }]
-"#;
     let sinks = format!(
         r#"
 sinks:
@@ -569,7 +555,7 @@ sinks:
     url: "amqps://guest:guest@127.0.0.1:5672/%2f"
     exchange: "{}"
     connect_timeout: "1s"
-{routes}"#,
+{ROUTE_BY_TYPE}"#,
         unique("ex")
     );
     let started = Instant::now();
@@ -591,13 +577,7 @@ async fn many_confirms_in_flight() {
     // Throughput comes from many publishes awaiting confirms at once, not one round trip each.
     let exchange = unique("ex");
     let queue = unique("load");
-    let routes = r#"
-routes:
-  - match: "*"
-    to: [{ sink: amqp, routing_key: "{type}" }]
-"#;
-    let bridge = spawn(&yaml(&sink_yaml(&exchange, &one_queue(&queue, &["#"]), routes))).await;
-    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
+    let bridge = spawn_bound(&exchange, &queue).await;
     let n = 1000;
     let concurrency = 64;
     let ids: Vec<String> = (0..n).map(|_| unique("evt_t")).collect();
@@ -629,15 +609,10 @@ async fn queue_bind_is_idempotent_across_bridges() {
     // Two bridges with the same topology (as in a rolling deploy) both start and publish.
     let exchange = unique("ex");
     let queue = unique("shared");
-    let routes = r#"
-routes:
-  - match: "*"
-    to: [{ sink: amqp, routing_key: "{type}" }]
-"#;
     let config = yaml(&sink_yaml(
         &exchange,
         &one_queue(&queue, &["invoice.*", "charge.*"]),
-        routes,
+        ROUTE_BY_TYPE,
     ));
     let a = spawn(&config).await;
     wait_status(a.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
@@ -753,9 +728,7 @@ async fn an_event_larger_than_one_frame_arrives_whole() {
     // arrive byte for byte.
     let exchange = unique("ex_big");
     let queue = unique("big");
-    let routes = "routes:\n  - match: \"*\"\n    to: [{ sink: amqp, routing_key: \"{type}\" }]\n";
-    let bridge = spawn(&yaml(&sink_yaml(&exchange, &one_queue(&queue, &["#"]), routes))).await;
-    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
+    let bridge = spawn_bound(&exchange, &queue).await;
     let pad = "é".repeat(150_000);
     let id = unique("evt_big");
     let body = Bytes::from(format!(r#"{{"id":"{id}","type":"invoice.paid","pad":"{pad}"}}"#));

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use amqp_support::{
-    channel, connect_within, drain, message_id, one_queue, rabbitmq_sh, sink_yaml, unique, wait_status,
+    channel, connect_within, drain, message_id, one_queue, rabbitmq_sh, sink_yaml, spawn_bound, unique, wait_status,
+    ROUTE_BY_TYPE,
 };
 use common::{event, get, post_signed, spawn, yaml};
 
@@ -32,14 +33,6 @@ impl Drop for Restore {
     }
 }
 
-fn routes() -> &'static str {
-    r#"
-routes:
-  - match: "*"
-    to: [{ sink: amqp, routing_key: "{type}" }]
-"#
-}
-
 #[tokio::test]
 async fn server_down_gives_503_then_200_once_it_is_back_without_restarting_the_bridge() {
     let _serial = SERVER.lock().await;
@@ -47,7 +40,7 @@ async fn server_down_gives_503_then_200_once_it_is_back_without_restarting_the_b
     rabbitmq_sh(&["start"]);
     let exchange = unique("ex");
     let queue = unique("down");
-    let config = yaml(&sink_yaml(&exchange, &one_queue(&queue, &["#"]), routes()));
+    let config = yaml(&sink_yaml(&exchange, &one_queue(&queue, &["#"]), ROUTE_BY_TYPE));
 
     // Bridge A connects while the server is up; then the server stops.
     let a = spawn(&config).await;
@@ -161,8 +154,7 @@ async fn nothing_answered_200_is_lost(fault: &'static str) {
     rabbitmq_sh(&["start"]);
     let exchange = unique("ex");
     let queue = unique(fault);
-    let bridge = spawn(&yaml(&sink_yaml(&exchange, &one_queue(&queue, &["#"]), routes()))).await;
-    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
+    let bridge = spawn_bound(&exchange, &queue).await;
 
     let restarted = Arc::new(std::sync::Mutex::new(None::<Duration>));
     let restarted_in = restarted.clone();

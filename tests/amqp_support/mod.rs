@@ -150,6 +150,22 @@ sinks:
     )
 }
 
+/// A `routes:` block sending every event to the `amqp` sink, with its type as the routing key.
+pub const ROUTE_BY_TYPE: &str = r#"
+routes:
+  - match: "*"
+    to: [{ sink: amqp, routing_key: "{type}" }]
+"#;
+
+/// A bridge whose `amqp` sink publishes every event to `exchange` by type, with `queue` bound to
+/// all of it; returned once `/readyz` is 200.
+pub async fn spawn_bound(exchange: &str, queue: &str) -> hookbridge::app::Running {
+    let config = crate::common::yaml(&sink_yaml(exchange, &one_queue(queue, &["#"]), ROUTE_BY_TYPE));
+    let bridge = crate::common::spawn(&config).await;
+    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
+    bridge
+}
+
 /// `queues:` with one classic queue bound with `keys`.
 pub fn one_queue(queue: &str, keys: &[&str]) -> String {
     let keys: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
