@@ -37,10 +37,12 @@ pub struct ClaimGuard<'a> {
 }
 
 impl ClaimGuard<'_> {
-    /// Records the event as published at `now`, then releases the claim.
-    pub fn published(self, now: Instant) {
-        if let Some(id) = &self.id {
-            self.dedup.insert(id, now);
+    /// Records the event as published at `now` and releases the claim, in one step.
+    pub fn published(mut self, now: Instant) {
+        if let Some(id) = self.id.take() {
+            let mut w = self.dedup.lock();
+            w.in_flight.remove(&id);
+            w.remember(id, now, self.dedup.ttl, self.dedup.capacity);
         }
     }
 }
@@ -54,6 +56,13 @@ impl Drop for ClaimGuard<'_> {
 }
 
 impl Window {
+    fn remember(&mut self, id: Arc<str>, now: Instant, ttl: Duration, capacity: usize) {
+        if self.ids.insert(id.clone()) {
+            self.order.push_back((now, id));
+        }
+        self.expire(now, ttl, capacity);
+    }
+
     fn expire(&mut self, now: Instant, ttl: Duration, capacity: usize) {
         while let Some((at, id)) = self.order.front() {
             if self.order.len() > capacity || now.duration_since(*at) >= ttl {
@@ -117,14 +126,7 @@ impl Dedup {
         if self.capacity == 0 {
             return;
         }
-        let mut w = self.lock();
-        if w.ids.contains(id) {
-            return;
-        }
-        let id: Arc<str> = Arc::from(id);
-        w.ids.insert(id.clone());
-        w.order.push_back((now, id));
-        w.expire(now, self.ttl, self.capacity);
+        self.lock().remember(Arc::from(id), now, self.ttl, self.capacity);
     }
 
     /// How many ids are remembered now.

@@ -85,8 +85,6 @@ pub struct KafkaSink {
     message_timeout: Duration,
     producer: RwLock<Arc<Producer_>>,
     health: tokio::sync::Mutex<Option<(Instant, Result<(), SinkError>)>>,
-    /// `allow.auto.create.topics`: whether this producer asks the cluster to create topics.
-    asks_auto_create: bool,
     /// The cluster's `auto.create.topics.enable`, when it was last read.
     cluster_auto_create: tokio::sync::Mutex<Option<(Instant, Option<bool>)>>,
     /// Reads broker configs; made on first need (a missing topic), never on the hot path.
@@ -144,7 +142,6 @@ impl KafkaSink {
             message_timeout: timings.message_timeout,
             producer: RwLock::new(Arc::new(producer)),
             health: tokio::sync::Mutex::new(None),
-            asks_auto_create: asks_auto_create(props.get("allow.auto.create.topics").map(String::as_str)),
             cluster_auto_create: tokio::sync::Mutex::new(None),
             admin: std::sync::OnceLock::new(),
         })
@@ -259,7 +256,7 @@ impl KafkaSink {
         deadline: Instant,
     ) -> SinkError {
         let refused = errors::publish_error(&self.name, topic, error);
-        if !self.asks_auto_create {
+        if !asks_auto_create(self.client_config.get("allow.auto.create.topics")) {
             return SinkError::permanent(format!(
                 "{} (the producer does not ask for it to be created: allow.auto.create.topics=false)",
                 refused.message
