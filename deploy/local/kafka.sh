@@ -122,6 +122,12 @@ group.initial.rebalance.delay.ms=0
 # until the old session expires (default 9 s); keep that short for fault tests.
 broker.session.timeout.ms=3000
 broker.heartbeat.interval.ms=500
+# The data dir lives in the cache and outlives runs: a benchmark writes gigabytes to one topic
+# per run. Keep at most 512 MiB per partition (64 MiB segments), checked every 30 s, so that the
+# test broker never fills the disk it shares with builds.
+log.segment.bytes=67108864
+log.retention.bytes=536870912
+log.retention.check.interval.ms=30000
 EOF
   # Broker log: everything at INFO to stdout, which start() sends to $LOG.
   cat >"$RUN/log4j2.properties" <<'EOF'
