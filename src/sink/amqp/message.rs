@@ -46,15 +46,43 @@ pub fn short(what: &str, value: &str) -> Result<(), SinkError> {
 }
 
 /// The broker's answer to one publish, for the event with `message_id`.
-pub fn confirmation(result: Result<Confirmation, lapin::Error>, message_id: &str) -> Result<(), SinkError> {
+pub fn confirmation(result: Result<Confirmation, lapin::Error>, message_id: &str) -> Result<(), Failure> {
     match result {
         Ok(Confirmation::Ack(None)) => Ok(()),
-        Ok(Confirmation::Ack(Some(returned))) => Err(returned_error(&returned, message_id)),
-        Ok(Confirmation::Nack(_)) => Err(SinkError::retryable("RabbitMQ nacked the message")),
+        Ok(Confirmation::Ack(Some(returned))) => Err(returned_error(&returned, message_id).into()),
+        Ok(Confirmation::Nack(_)) => Err(SinkError::retryable("RabbitMQ nacked the message").into()),
         Ok(Confirmation::NotRequested) => Err(SinkError::retryable(
             "the channel is not in confirm mode; the message is not known to be stored",
-        )),
-        Err(e) => Err(publish_error(&e)),
+        )
+        .into()),
+        Err(e) => Err(publish_failure(&e)),
+    }
+}
+
+/// Why one publish failed: the error to answer with, and whether the exchange is gone.
+#[derive(Debug)]
+pub struct Failure {
+    pub error: SinkError,
+    /// RabbitMQ closed the channel with `404 NOT_FOUND`. A publish names no entity but its
+    /// exchange (queues are reached through bindings, and a missing binding is a return, not an
+    /// error), so the exchange does not exist.
+    pub no_exchange: bool,
+}
+
+impl From<SinkError> for Failure {
+    fn from(error: SinkError) -> Self {
+        Failure {
+            error,
+            no_exchange: false,
+        }
+    }
+}
+
+/// Sorts a client error met while publishing or confirming, keeping whether it said "not found".
+pub fn publish_failure(e: &lapin::Error) -> Failure {
+    Failure {
+        error: publish_error(e),
+        no_exchange: is_not_found(e),
     }
 }
 
@@ -99,13 +127,8 @@ pub fn describe(e: &lapin::Error) -> String {
     }
 }
 
-/// Whether a publish failed because its exchange does not exist (RabbitMQ closes the channel with
-/// `404 NOT_FOUND - no exchange '…' in vhost '…'`), from the message [`publish_error`] made.
-pub fn is_missing_exchange(message: &str) -> bool {
-    message.contains("404 NOT_FOUND - no exchange")
-}
-
-/// Whether a declare failed because the entity does not exist (passive declare).
+/// Whether the broker answered `404 NOT_FOUND`: the entity a declare checked (passively) or a
+/// publish named does not exist.
 pub fn is_not_found(e: &lapin::Error) -> bool {
     matches!(e, lapin::Error::ProtocolError(amqp) if amqp.get_id() == 404)
 }
@@ -180,22 +203,24 @@ mod tests {
     fn confirmations_are_classified() {
         assert!(confirmation(Ok(Confirmation::Ack(None)), "evt_1").is_ok());
         let nack = confirmation(Ok(Confirmation::Nack(None)), "evt_1").err();
-        assert!(nack.is_some_and(|e| e.is_retryable()));
+        assert!(nack.is_some_and(|e| e.error.is_retryable() && !e.no_exchange));
         let not_found = lapin::Error::ProtocolError(AMQPError::new(
             AMQPErrorKind::Soft(AMQPSoftError::NOTFOUND),
             "NOT_FOUND - no exchange 'x' in vhost '/'".into(),
         ));
-        let err = confirmation(Err(not_found), "evt_1").err();
-        assert!(err
-            .as_ref()
-            .is_some_and(|e| !e.is_retryable() && e.message.contains("404")));
-        assert!(err.is_some_and(|e| is_missing_exchange(&e.message)));
-        assert!(!is_missing_exchange(
-            "RabbitMQ refused the message: 404 NOT_FOUND - no queue 'q'"
+        let err = confirmation(Err(not_found), "evt_1").unwrap_err();
+        assert!(!err.error.is_retryable() && err.error.message.contains("404"));
+        assert!(err.no_exchange);
+        let refused = lapin::Error::ProtocolError(AMQPError::new(
+            AMQPErrorKind::Soft(AMQPSoftError::ACCESSREFUSED),
+            "ACCESS_REFUSED - write access to exchange 'x' refused".into(),
         ));
+        let err = confirmation(Err(refused), "evt_1").unwrap_err();
+        assert!(!err.error.is_retryable() && !err.no_exchange);
         let io = lapin::Error::IOError(std::sync::Arc::new(std::io::Error::from(
             std::io::ErrorKind::ConnectionReset,
         )));
-        assert!(confirmation(Err(io), "evt_1").err().is_some_and(|e| e.is_retryable()));
+        let err = confirmation(Err(io), "evt_1").unwrap_err();
+        assert!(err.error.is_retryable() && !err.no_exchange);
     }
 }

@@ -188,23 +188,24 @@ impl AmqpSink {
         let message_id = envelope.meta.id.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
-            let mut result = publish_one(&conn, &exchange, &routing_key, &payload, properties, &message_id).await;
-            if let Err(e) = &result {
-                if !exchange.is_empty() && message::is_missing_exchange(&e.message) {
+            let result = match publish_one(&conn, &exchange, &routing_key, &payload, properties, &message_id).await {
+                Ok(()) => Ok(()),
+                Err(failed) if failed.no_exchange && !exchange.is_empty() => {
                     // The sink owns the exchange's declaration: declare it again and let Stripe's
                     // retry through, instead of refusing every event until the next reconnect.
                     // Unless declaring it again already failed: then it is missing for good.
                     shared.topology_lost.store(true, Ordering::SeqCst);
-                    result = Err(match shared.topology_error() {
+                    Err(match shared.topology_error() {
                         None => SinkError::retryable(format!(
                             "exchange `{exchange}` does not exist any more; declaring it again"
                         )),
                         Some(why) => SinkError::permanent(format!(
                             "exchange `{exchange}` does not exist and cannot be declared again: {why}"
                         )),
-                    });
+                    })
                 }
-            }
+                Err(failed) => Err(failed.error),
+            };
             if result.as_ref().is_err_and(|e| e.is_retryable()) {
                 shared.wake.notify_one();
             }
@@ -231,8 +232,8 @@ async fn publish_one(
     payload: &[u8],
     properties: lapin::BasicProperties,
     message_id: &str,
-) -> Result<(), SinkError> {
-    let channel = conn.checkout().await.map_err(|e| message::publish_error(&e))?;
+) -> Result<(), message::Failure> {
+    let channel = conn.checkout().await.map_err(|e| message::publish_failure(&e))?;
     let options = BasicPublishOptions {
         mandatory: true,
         immediate: false,
@@ -242,7 +243,7 @@ async fn publish_one(
         .await
     {
         Ok(c) => c,
-        Err(e) => return Err(message::publish_error(&e)),
+        Err(e) => return Err(message::publish_failure(&e)),
     };
     match tokio::time::timeout(CONFIRM_GIVE_UP, confirm).await {
         Ok(answer) => {
@@ -258,7 +259,7 @@ async fn publish_one(
             tokio::spawn(async move {
                 let _ = channel.close(200, "confirm overdue").await;
             });
-            Err(SinkError::retryable("RabbitMQ did not confirm the message"))
+            Err(SinkError::retryable("RabbitMQ did not confirm the message").into())
         }
     }
 }
