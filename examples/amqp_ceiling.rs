@@ -15,13 +15,11 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hookbridge::bench::report::{self, Latency};
-use hookbridge::bench::schedule::Schedule;
+use hookbridge::bench::ceiling::{CeilingReport, Sent};
 use hookbridge::bench::CeilingArgs;
 use hookbridge::config::RawSink;
 use lapin::options::{
@@ -41,21 +39,10 @@ struct Args {
 }
 
 #[derive(serde::Serialize)]
-struct Outcome {
-    tool: &'static str,
-    in_flight: usize,
-    target_rate: Option<f64>,
+struct Summary {
+    #[serde(flatten)]
+    common: CeilingReport,
     channels: usize,
-    duration_s: f64,
-    messages: u64,
-    messages_per_sec: f64,
-    body_bytes: f64,
-    latency_ms: Latency,
-    /// CPU seconds of this program over the whole run, warm-up included.
-    cpu_s: Option<f64>,
-    /// Messages confirmed over the whole run, warm-up included (for CPU per message).
-    total_messages: u64,
-    errors: u64,
     returned: u64,
 }
 
@@ -141,40 +128,16 @@ async fn main() {
     }
 
     let (bodies, envelopes) = args.common.bodies(std::process::id() as u64 ^ 0x616d).unwrap();
-    let shared = Arc::new((bodies, envelopes, rabbit.exchange.clone()));
+    let body_bytes = bodies.mean_len();
+    let shared = Arc::new((bodies, envelopes, rabbit.exchange.clone(), channels));
 
-    let cpu_at_start = report::process_cpu_seconds();
-    let start = Instant::now();
-    let measure_from = start + args.common.warmup;
-    let end = measure_from + args.common.duration;
-    let schedule = args.common.rate.and_then(Schedule::new);
-    let slots = args.common.in_flight as u64;
-    let seq = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for slot in 0..slots {
-        let shared = shared.clone();
-        let seq = seq.clone();
-        let ch = channels[slot as usize % n_channels].clone();
-        tasks.push(tokio::spawn(async move {
-            let mut round = 0u64;
-            let (bodies, envelopes, exchange) = &*shared;
-            let mut hist = report::new_histogram();
-            let (mut ok, mut errors, mut returned, mut last) = (0u64, 0u64, 0u64, None);
-            loop {
-                // Closed loop: send now. Open loop: this slot's next turn in the global schedule.
-                let sent = match schedule {
-                    None => Instant::now(),
-                    Some(s) => {
-                        let due = start + s.offset(slot + round * slots);
-                        round += 1;
-                        tokio::time::sleep_until(due.into()).await;
-                        due
-                    }
-                };
-                if sent >= end {
-                    break;
-                }
-                let i = seq.fetch_add(1, Ordering::Relaxed);
+    let measured = args
+        .common
+        .drive(move |slot, i, _sent| {
+            let shared = shared.clone();
+            async move {
+                let (bodies, envelopes, exchange, channels) = &*shared;
+                let ch = &channels[slot as usize % channels.len()];
                 let (_, body) = bodies.make(i);
                 let template = &envelopes[(i % envelopes.len() as u64) as usize];
                 let id = bodies.event_id(i);
@@ -201,48 +164,18 @@ async fn main() {
                     Ok(c) => c.await,
                     Err(e) => Err(e),
                 };
-                let done = Instant::now();
-                if sent < measure_from {
-                    continue;
-                }
                 match outcome {
-                    Ok(Confirmation::Ack(None)) => {
-                        report::record(&mut hist, done - sent);
-                        ok += 1;
-                    }
-                    Ok(Confirmation::Ack(Some(_))) => returned += 1,
-                    _ => errors += 1,
+                    Ok(Confirmation::Ack(None)) => Sent::Confirmed,
+                    Ok(Confirmation::Ack(Some(_))) => Sent::Returned,
+                    _ => Sent::Failed,
                 }
-                last = Some(done);
             }
-            (hist, ok, errors, returned, last)
-        }));
-    }
-    let mut hist = report::new_histogram();
-    let (mut ok, mut errors, mut returned, mut last) = (0, 0, 0, None);
-    for task in tasks {
-        let (h, o, e, r, l) = task.await.unwrap();
-        hist.add(&h).unwrap();
-        ok += o;
-        errors += e;
-        returned += r;
-        last = last.max(l);
-    }
-    let window = last.map(|l: Instant| l - measure_from).unwrap_or(args.common.duration);
-    let r = Outcome {
-        tool: "amqp_ceiling",
-        in_flight: args.common.in_flight,
-        target_rate: args.common.rate,
+        })
+        .await;
+    let r = Summary {
+        common: measured.report("amqp_ceiling", &args.common, body_bytes),
         channels: n_channels,
-        duration_s: window.as_secs_f64(),
-        messages: ok,
-        messages_per_sec: ok as f64 / window.as_secs_f64(),
-        body_bytes: shared.0.mean_len(),
-        latency_ms: Latency::from_histogram(&hist),
-        cpu_s: report::process_cpu_seconds().zip(cpu_at_start).map(|(e, s)| e - s),
-        total_messages: seq.load(std::sync::atomic::Ordering::Relaxed),
-        errors,
-        returned,
+        returned: measured.returned(),
     };
     let _ = conn.close(200, "bye").await;
     if args.common.json {
@@ -250,14 +183,14 @@ async fn main() {
     } else {
         println!(
             "rabbitmq ceiling, {} in flight on {} channel(s): {} messages in {:.2} s = {:.1} msg/s, errors {}, returned {}\nlatency {}",
-            r.in_flight,
+            r.common.in_flight,
             r.channels,
-            r.messages,
-            r.duration_s,
-            r.messages_per_sec,
-            r.errors,
+            r.common.messages,
+            r.common.duration_s,
+            r.common.messages_per_sec,
+            r.common.errors,
             r.returned,
-            r.latency_ms.line()
+            r.common.latency_ms.line()
         );
     }
 }

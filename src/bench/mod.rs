@@ -14,6 +14,7 @@
 //!   the summary goes to stdout as text, or as JSON with `--json`.
 
 pub mod body;
+pub mod ceiling;
 pub mod report;
 pub mod schedule;
 
@@ -27,6 +28,7 @@ use hdrhistogram::Histogram;
 use tokio::sync::{mpsc, Mutex};
 
 use self::body::Bodies;
+pub use self::ceiling::{sink_from_config, CeilingArgs};
 use self::report::Summary;
 use self::schedule::Schedule;
 use crate::client::{Connection, Target};
@@ -101,74 +103,6 @@ impl BenchError {
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s.trim()).map_err(|_| format!("`{s}` is not a duration; write it like 10s or 500ms"))
-}
-
-/// The command-line options both ceiling programs (`examples/`) share.
-#[derive(clap::Args, Debug)]
-pub struct CeilingArgs {
-    /// The bridge config whose sink settings to use.
-    #[arg(long)]
-    pub config: std::path::PathBuf,
-    /// The sink's name in that config (default: its only sink of the program's kind).
-    #[arg(long)]
-    pub sink: Option<String>,
-    /// Messages in flight, each awaiting its own confirmation.
-    #[arg(long, default_value_t = 64)]
-    pub in_flight: usize,
-    /// Open loop: this many messages per second in all, spread over the in-flight slots; latency
-    /// is then measured from each message's intended send time, as `hookbridge bench --rate` does.
-    #[arg(long)]
-    pub rate: Option<f64>,
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    pub duration: Duration,
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
-    pub warmup: Duration,
-    #[arg(long, default_value = "tests/fixtures")]
-    pub fixtures: std::path::PathBuf,
-    #[arg(long, value_parser = parse_size)]
-    pub size: Option<usize>,
-    #[arg(long)]
-    pub json: bool,
-}
-
-impl CeilingArgs {
-    /// The bodies to send (`--fixtures` padded to `--size`, event ids tagged from `seed`) and, per
-    /// fixture, the envelope the bridge would build from it: metadata and a signature header made
-    /// once, so that a ceiling program does broker work only.
-    pub fn bodies(&self, seed: u64) -> Result<(Bodies, Vec<crate::sink::Envelope>), String> {
-        let bodies = Bodies::load(&self.fixtures, self.size, body::run_tag(seed)).map_err(|e| e.to_string())?;
-        let envelopes = (0..bodies.templates().len() as u64)
-            .map(|i| {
-                let (_, body) = bodies.make(i);
-                let meta = crate::event::EventMeta::parse(&body).map_err(|e| e.to_string())?;
-                let signature = crate::verify::sign(b"whsec_ceiling", crate::verify::unix_now(), &body);
-                Ok(crate::sink::Envelope {
-                    payload: body,
-                    meta,
-                    signature,
-                })
-            })
-            .collect::<Result<_, String>>()?;
-        Ok((bodies, envelopes))
-    }
-}
-
-/// For the ceiling programs (`examples/`): loads the bridge config at `path` and picks the first
-/// sink (the one named `name`, when given) that `pick` accepts, so a ceiling runs with exactly the
-/// bridge's settings.
-pub fn sink_from_config<T>(
-    path: &std::path::Path,
-    name: Option<&str>,
-    pick: impl Fn(&crate::config::RawSink) -> Option<T>,
-) -> Result<(crate::config::Settings, T), String> {
-    let settings = crate::config::load(path).map_err(|e| e.to_string())?;
-    let sink = settings
-        .sinks
-        .iter()
-        .filter(|s| name.is_none_or(|n| n == s.name))
-        .find_map(|s| pick(&s.config))
-        .ok_or_else(|| format!("no matching sink in {}", path.display()))?;
-    Ok((settings, sink))
 }
 
 /// `4096`, `4k`, `4K`, `4KiB`, `1m`, `1MiB` (binary multiples).
