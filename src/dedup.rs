@@ -110,56 +110,45 @@ impl Dedup {
             id: Some(id),
         })
     }
-
-    /// Whether `id` was published within the window.
-    pub fn seen(&self, id: &str, now: Instant) -> bool {
-        if self.capacity == 0 {
-            return false;
-        }
-        let mut w = self.lock();
-        w.expire(now, self.ttl, self.capacity);
-        w.ids.contains(id)
-    }
-
-    /// Records that `id` was published at `now`.
-    pub fn insert(&self, id: &str, now: Instant) {
-        if self.capacity == 0 {
-            return;
-        }
-        self.lock().remember(Arc::from(id), now, self.ttl, self.capacity);
-    }
-
-    /// How many ids are remembered now.
-    pub fn len(&self) -> usize {
-        self.lock().ids.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Claims `id` and records it published, as a request whose publish succeeded does.
+    fn publish(d: &Dedup, id: &str, at: Instant) {
+        let Claim::Claimed(claim) = d.claim(id, at) else {
+            panic!("{id} is claimed")
+        };
+        claim.published(at);
+    }
+
+    fn seen(d: &Dedup, id: &str, at: Instant) -> bool {
+        matches!(d.claim(id, at), Claim::Published)
+    }
+
+    fn len(d: &Dedup) -> usize {
+        d.lock().ids.len()
+    }
+
     #[test]
     fn remembers_within_the_window() {
         let d = Dedup::new(10, Duration::from_secs(60));
         let t0 = Instant::now();
-        assert!(!d.seen("evt_1", t0));
-        d.insert("evt_1", t0);
-        assert!(d.seen("evt_1", t0 + Duration::from_secs(59)));
-        assert!(!d.seen("evt_2", t0));
+        assert!(!seen(&d, "evt_1", t0));
+        publish(&d, "evt_1", t0);
+        assert!(seen(&d, "evt_1", t0 + Duration::from_secs(59)));
+        assert!(!seen(&d, "evt_2", t0));
     }
 
     #[test]
     fn forgets_by_age() {
         let d = Dedup::new(10, Duration::from_secs(60));
         let t0 = Instant::now();
-        d.insert("evt_1", t0);
-        assert!(!d.seen("evt_1", t0 + Duration::from_secs(60)));
-        assert!(d.is_empty());
+        publish(&d, "evt_1", t0);
+        assert!(!seen(&d, "evt_1", t0 + Duration::from_secs(60)));
+        assert_eq!(len(&d), 0);
     }
 
     #[test]
@@ -167,19 +156,12 @@ mod tests {
         let d = Dedup::new(3, Duration::from_secs(60));
         let t0 = Instant::now();
         for i in 0..5 {
-            d.insert(&format!("evt_{i}"), t0);
+            publish(&d, &format!("evt_{i}"), t0);
         }
-        assert_eq!(d.len(), 3);
-        assert!(!d.seen("evt_0", t0));
-        assert!(!d.seen("evt_1", t0));
-        assert!(d.seen("evt_2", t0) && d.seen("evt_4", t0));
-    }
-
-    #[test]
-    fn capacity_zero_is_off() {
-        let d = Dedup::new(0, Duration::from_secs(60));
-        d.insert("evt_1", Instant::now());
-        assert!(!d.seen("evt_1", Instant::now()));
+        assert_eq!(len(&d), 3);
+        assert!(!seen(&d, "evt_0", t0));
+        assert!(!seen(&d, "evt_1", t0));
+        assert!(seen(&d, "evt_2", t0) && seen(&d, "evt_4", t0));
     }
 
     #[test]
@@ -213,11 +195,13 @@ mod tests {
     }
 
     #[test]
-    fn inserting_twice_keeps_one_entry() {
+    fn remembering_twice_keeps_one_entry() {
         let d = Dedup::new(3, Duration::from_secs(60));
         let t0 = Instant::now();
-        d.insert("evt_1", t0);
-        d.insert("evt_1", t0);
-        assert_eq!(d.len(), 1);
+        for _ in 0..2 {
+            d.lock().remember(Arc::from("evt_1"), t0, d.ttl, d.capacity);
+        }
+        assert_eq!(len(&d), 1);
+        assert_eq!(d.lock().order.len(), 1);
     }
 }
