@@ -11,6 +11,7 @@
 //!   in-memory sinks.
 //! - [`dedup`]: the bounded window of event ids already published.
 //! - [`http`]: the accept loop, the webhook handler, the admin port and the error→response mapping.
+//! - [`logging`]: log lines capped by bytes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: wiring, serving and graceful shutdown.
 //! - [`client`]: the HTTP client behind `hookbridge send`.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod dedup;
 pub mod event;
 pub mod http;
+pub mod logging;
 pub mod metrics;
 pub mod route;
 pub mod sink;

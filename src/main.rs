@@ -292,7 +292,7 @@ fn init_tracing(settings: &Settings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(hookbridge::logging::capped_stderr(settings.log.json));
     if settings.log.json {
         builder.json().flatten_event(true).init();
     } else {
