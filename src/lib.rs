@@ -15,6 +15,7 @@
 //! - [`app`]: wiring, serving and graceful shutdown.
 //! - [`client`]: the HTTP client behind `hookbridge send`.
 //! - [`bench`]: the load generator behind `hookbridge bench`.
+//! - [`replay`]: `hookbridge replay`, events from Stripe's Events API through the same publish path.
 
 pub mod app;
 pub mod bench;
@@ -24,6 +25,7 @@ pub mod dedup;
 pub mod event;
 pub mod http;
 pub mod metrics;
+pub mod replay;
 pub mod route;
 pub mod sink;
 pub mod verify;

@@ -175,6 +175,7 @@ async fn process(
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default(),
         meta,
+        replayed: false,
     };
     publish_all(state, live, route, &envelope, start).await?;
     claim.published(Instant::now());
@@ -182,14 +183,16 @@ async fn process(
 }
 
 /// Publishes to every target concurrently, each bounded by `ack_timeout`; the worst outcome wins
-/// (a permanent failure over a retryable one).
-async fn publish_all(
+/// (a permanent failure over a retryable one). The one publish path: the webhook handler and
+/// `hookbridge replay` both call it, so a replayed event is published, counted and logged exactly
+/// as a delivered one.
+pub async fn publish_all(
     state: &State,
     live: &Live,
     route: &route::Route,
     envelope: &Envelope,
     start: Instant,
-) -> Result<(), Rejection> {
+) -> Result<(), SinkError> {
     let targets = route::destinations(route, &envelope.meta);
     let ack_timeout = live.ack_timeout;
     let results = futures::future::join_all(targets.iter().map(|(target, destination)| {
@@ -222,7 +225,7 @@ async fn publish_all(
     }
     match worst {
         None => Ok(()),
-        Some(e) => Err(e.into()),
+        Some(e) => Err(e),
     }
 }
 
