@@ -28,7 +28,7 @@ pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
 pub const RELOAD_SINK_WAIT: Duration = Duration::from_secs(10);
 
 /// Polls `sink.health()` until it passes or [`RELOAD_SINK_WAIT`] is over.
-async fn wait_healthy(sink: &dyn Sink) -> Result<(), String> {
+pub async fn wait_healthy(sink: &dyn Sink) -> Result<(), String> {
     let deadline = Instant::now() + RELOAD_SINK_WAIT;
     loop {
         match sink.health().await {

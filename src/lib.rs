@@ -16,6 +16,7 @@
 //! - [`app`]: wiring, serving and graceful shutdown.
 //! - [`client`]: the HTTP client behind `hookbridge send`.
 //! - [`bench`]: the load generator behind `hookbridge bench`.
+//! - [`replay`]: `hookbridge replay`, events from Stripe's Events API through the same publish path.
 
 pub mod app;
 pub mod bench;
@@ -26,6 +27,7 @@ pub mod event;
 pub mod http;
 pub mod logging;
 pub mod metrics;
+pub mod replay;
 pub mod route;
 pub mod sink;
 pub mod verify;

@@ -1,4 +1,4 @@
-//! The `hookbridge` command line: serve, check-config, route, sign, send.
+//! The `hookbridge` command line: serve, check-config, route, sign, send, bench, replay.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -61,6 +61,8 @@ enum Command {
     },
     /// Load-test a webhook endpoint with signed fixture events; report throughput and latency.
     Bench(hookbridge::bench::BenchArgs),
+    /// Publish events from Stripe's Events API (last 30 days) through the routes, oldest first.
+    Replay(hookbridge::replay::ReplayArgs),
 }
 
 /// An error and the exit code it deserves.
@@ -144,6 +146,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Send { url, secret, files } => send(&url, &secret, &files),
         Command::Bench(args) => hookbridge::bench::run_cli(args)
             .map(ExitCode::from)
+            .map_err(|e| Failure {
+                code: e.exit_code(),
+                message: e.to_string(),
+            }),
+        Command::Replay(args) => hookbridge::replay::run_cli(args)
+            .map(|()| ExitCode::SUCCESS)
             .map_err(|e| Failure {
                 code: e.exit_code(),
                 message: e.to_string(),

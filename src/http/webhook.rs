@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::client_ip::{allowed, client_ip};
 use super::response::{received, Rejection};
 use crate::app::{Live, State};
-use crate::dedup::{target_key, Claim, ClaimGuard};
+use crate::dedup::{target_key, Claim};
 use crate::event::EventMeta;
 use crate::metrics::{
     EndpointLabel, EndpointReason, EndpointStatus, SinkDestination, SinkError as SinkErrorLabels, SinkLabel,
@@ -197,30 +197,34 @@ async fn deliver(
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default(),
         meta,
+        replayed: false,
     };
-    let (result, confirmed) = publish_all(state, live, route, &envelope, start, &claim).await;
+    let already = |key: &str| claim.already_confirmed(key);
+    let (result, confirmed) = publish_all(state, live, route, &envelope, start, &already).await;
     match result {
         Ok(()) => claim.published(Instant::now()),
         // The targets that confirmed are remembered: Stripe's retry goes only to the others.
         Err(e) => {
             claim.partly_published(confirmed, Instant::now());
-            return Err(e);
+            return Err(e.into());
         }
     }
     Ok(())
 }
 
-/// Publishes to every target concurrently, each bounded by `ack_timeout`, except those an earlier
-/// try of this event already published to; the worst outcome wins (a permanent failure over a
-/// retryable one). Also returns the targets ([`target_key`]) that confirmed in this try.
-async fn publish_all(
+/// Publishes to every target concurrently, each bounded by `ack_timeout`, except those that
+/// `already_confirmed` says an earlier try of this event published to; the worst outcome wins (a
+/// permanent failure over a retryable one). Also returns the targets ([`target_key`]) that
+/// confirmed in this try. The one publish path: the webhook handler and `hookbridge replay` both
+/// call it, so a replayed event is published, counted and logged exactly as a delivered one.
+pub async fn publish_all(
     state: &State,
     live: &Live,
     route: &route::Route,
     envelope: &Envelope,
     start: Instant,
-    claim: &ClaimGuard<'_>,
-) -> (Result<(), Rejection>, Vec<String>) {
+    already_confirmed: &(dyn Fn(&str) -> bool + Sync),
+) -> (Result<(), SinkError>, Vec<String>) {
     let targets = route::destinations(route, &envelope.meta);
     let ack_timeout = live.ack_timeout;
     let results = futures::future::join_all(targets.iter().map(|(target, destination)| async move {
@@ -230,7 +234,7 @@ async fn publish_all(
             return (None, Err(e));
         };
         let key = target_key(sink.name(), destination);
-        if claim.already_confirmed(&key) {
+        if already_confirmed(&key) {
             tracing::debug!(
                 sink = sink.name(),
                 destination,
@@ -275,7 +279,7 @@ async fn publish_all(
     }
     match worst {
         None => (Ok(()), confirmed),
-        Some(e) => (Err(e.into()), confirmed),
+        Some(e) => (Err(e), confirmed),
     }
 }
 

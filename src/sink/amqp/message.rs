@@ -154,6 +154,7 @@ mod tests {
                 thin: false,
             },
             signature: "t=1,v1=ab".into(),
+            replayed: false,
         }
     }
 
