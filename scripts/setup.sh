@@ -3,13 +3,17 @@
 # system packages (for rdkafka's build and RabbitMQ), the Kafka broker jars, and Stripe's
 # official SDKs (the interop reference). Idempotent: a second run only checks.
 #
-#   scripts/setup.sh
+#   scripts/setup.sh                # everything (scripts/test.sh calls this)
+#   scripts/setup.sh --build-only   # only what building hookbridge needs (scripts/run.sh)
 #
 # Caches live in ${HOOKBRIDGE_CACHE:-$HOME/.cache/hookbridge}, never in the checkout.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 log() { echo "setup: $*" >&2; }
+
+build_only=false
+[ "${1:-}" = "--build-only" ] && build_only=true
 
 # Build dependencies of librdkafka (built from source by rdkafka's cmake-build feature).
 packages=(build-essential cmake pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev)
@@ -25,9 +29,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-for tool in cargo go java mvn node npm python3; do
+tools=(cargo go java mvn node npm python3)
+$build_only && tools=(cargo)
+for tool in "${tools[@]}"; do
   command -v "$tool" >/dev/null || { log "missing $tool: install it first (see README)"; exit 1; }
 done
+if $build_only; then
+  log "done (build dependencies only)"
+  exit 0
+fi
 
 log "Kafka broker jars"
 "$here/deploy/local/kafka.sh" fetch
@@ -39,4 +49,6 @@ log "stripe-mock (Stripe's API mock, for tests/replay.rs)"
 "$here/deploy/local/stripe-mock.sh" install
 log "Helm (tests/deploy.rs renders the chart with it)"
 "$here/deploy/helm/install-helm.sh" >/dev/null
+log "promtool, actionlint, kubernetes-validate (deployment and monitoring checks)"
+"$here/deploy/tools/install.sh" promtool actionlint kubernetes-validate >/dev/null
 log "done"

@@ -215,9 +215,20 @@ fn serve(config: Option<PathBuf>) -> Result<ExitCode, Failure> {
     let rt = runtime()?;
     let path = path.clone();
     rt.block_on(async move {
+        let endpoints: Vec<&str> = settings.endpoints.iter().map(|e| e.path.as_str()).collect();
+        let sinks: Vec<String> = settings
+            .sinks
+            .iter()
+            .map(|s| format!("{} ({})", s.name, s.config.kind()))
+            .collect();
+        let (endpoints, sinks) = (endpoints.join(", "), sinks.join(", "));
         let running = hookbridge::app::start(settings, hookbridge::app::Options::default())
             .await
             .map_err(|e| Failure::other(e.to_string()))?;
+        let build = hookbridge::metrics::BUILD;
+        tracing::info!(version = %build.version, commit = %build.commit, config = %path.display(),
+            endpoints = %endpoints, sinks = %sinks, webhook = %running.webhook_addr,
+            admin = %running.admin_addr, "hookbridge started");
         tokio::spawn(reload_config(running.state.clone(), path));
         shutdown_signal().await;
         running.shutdown().await;

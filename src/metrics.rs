@@ -42,6 +42,19 @@ pub struct SinkLabel {
     pub sink: String,
 }
 
+/// Labels of `hookbridge_build_info`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+/// The crate version, and the git commit it was built from ("unknown" without git; build.rs).
+pub const BUILD: BuildLabels = BuildLabels {
+    version: env!("CARGO_PKG_VERSION"),
+    commit: env!("HOOKBRIDGE_GIT_COMMIT"),
+};
+
 /// Every metric hookbridge exports.
 pub struct Metrics {
     registry: Registry,
@@ -122,6 +135,9 @@ impl Metrics {
         );
         let sink_up = Family::<SinkLabel, Gauge>::default();
         registry.register("sink_up", "1 when the sink's last health check passed", sink_up.clone());
+        let build_info = Family::<BuildLabels, Gauge>::default();
+        build_info.get_or_create(&BUILD).set(1);
+        registry.register("build_info", "Always 1; the labels name the running build", build_info);
         Metrics {
             registry,
             requests,

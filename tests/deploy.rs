@@ -19,6 +19,8 @@
 //! it), then on `PATH`. A missing helm fails the tests; they are never skipped.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -142,32 +144,38 @@ fn u64_of(v: &Value) -> Option<u64> {
 // ------------------------------------------------------------------------------------------
 // Helm
 
-/// The helm binary. Panics (the test fails) when there is none: these checks are part of CI.
-fn helm() -> PathBuf {
-    if let Some(p) = std::env::var_os("HOOKBRIDGE_HELM").filter(|p| !p.is_empty()) {
+/// A checking tool (helm, promtool, kubernetes-validate). Panics (the test fails) when it is
+/// missing: these checks are part of CI. Found at `$<env_var>`, then in the cache where
+/// `deploy/helm/install-helm.sh` and `deploy/tools/install.sh` put them, then on `PATH`.
+fn tool(name: &str, env_var: &str, cached: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_var).filter(|p| !p.is_empty()) {
         let p = PathBuf::from(p);
-        assert!(p.is_file(), "HOOKBRIDGE_HELM={} is not a file", p.display());
+        assert!(p.is_file(), "{env_var}={} is not a file", p.display());
         return p;
     }
     let cache = std::env::var_os("HOOKBRIDGE_CACHE")
         .filter(|p| !p.is_empty())
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/hookbridge")));
-    if let Some(p) = cache.map(|c| c.join("bin/helm")).filter(|p| p.is_file()) {
+    if let Some(p) = cache.map(|c| c.join(cached)).filter(|p| p.is_file()) {
         return p;
     }
     if let Some(p) = std::env::var_os("PATH")
         .iter()
         .flat_map(std::env::split_paths)
-        .map(|d| d.join("helm"))
+        .map(|d| d.join(name))
         .find(|p| p.is_file())
     {
         return p;
     }
     panic!(
-        "helm is not installed: run `bash deploy/helm/install-helm.sh` (it builds helm into \
-         ~/.cache/hookbridge/bin), or point HOOKBRIDGE_HELM at a helm v3 binary"
+        "{name} is not installed: run `bash scripts/setup.sh` (it installs helm, promtool and \
+         kubernetes-validate into ~/.cache/hookbridge), or point {env_var} at one"
     );
+}
+
+fn helm() -> PathBuf {
+    tool("helm", "HOOKBRIDGE_HELM", "bin/helm")
 }
 
 fn run_helm(args: &[&str]) -> std::process::Output {
@@ -177,34 +185,79 @@ fn run_helm(args: &[&str]) -> std::process::Output {
         .unwrap_or_else(|e| panic!("cannot run helm: {e}"))
 }
 
-/// `helm template` of the chart with `--set` overrides; panics with helm's message on failure.
-fn render(sets: &[&str]) -> Manifests {
-    let chart = chart();
-    let mut args = vec!["template", "hb", chart.to_str().unwrap()];
-    for s in sets {
-        args.extend(["--set", s]);
+/// The oldest Kubernetes release the chart supports (Chart.yaml's kubeVersion); `helm template`
+/// otherwise assumes an old default and refuses the chart.
+const KUBE_VERSION: &str = "1.30.0";
+
+/// A values file of the chart's ci/ folder.
+fn ci_values(name: &str) -> String {
+    chart().join("ci").join(name).to_str().unwrap().to_string()
+}
+
+/// Every values file of the chart's ci/ folder.
+fn all_ci_values() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(chart().join("ci"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with("-values.yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 4,
+        "expected a values file per sink kind in ci/: {files:?}"
+    );
+    files
+}
+
+/// The `helm template` arguments for a values file and `--set` overrides.
+fn template_args(values: &str, sets: &[&str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "template",
+        "hb",
+        chart().to_str().unwrap(),
+        "--kube-version",
+        KUBE_VERSION,
+    ]
+    .map(String::from)
+    .to_vec();
+    if !values.is_empty() {
+        args.extend(["-f".to_string(), values.to_string()]);
     }
-    let out = run_helm(&args);
+    for s in sets {
+        let flag = if s.starts_with('{') || s.contains("={") || s.contains("=[") {
+            "--set-json"
+        } else {
+            "--set"
+        };
+        args.extend([flag.to_string(), s.to_string()]);
+    }
+    args
+}
+
+/// `helm template` of the chart with a values file (or none: "") and `--set` overrides (a value
+/// that is JSON goes through `--set-json`); panics with helm's message on failure.
+fn render(values: &str, sets: &[&str]) -> Manifests {
+    let args = template_args(values, sets);
+    let out = run_helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(
         out.status.success(),
-        "helm template {sets:?} failed:\n{}",
+        "helm template {values} {sets:?} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
     Manifests::parse(
-        &format!("helm template {sets:?}"),
+        &format!("helm template {values} {sets:?}"),
         &String::from_utf8(out.stdout).unwrap(),
     )
 }
 
 /// `helm template` that must fail, returning helm's message.
-fn render_error(sets: &[&str]) -> String {
-    let chart = chart();
-    let mut args = vec!["template", "hb", chart.to_str().unwrap()];
-    for s in sets {
-        args.extend(["--set", s]);
-    }
-    let out = run_helm(&args);
-    assert!(!out.status.success(), "helm template {sets:?} should have failed");
+fn render_error(values: &str, sets: &[&str]) -> String {
+    let args = template_args(values, sets);
+    let out = run_helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        !out.status.success(),
+        "helm template {values} {sets:?} should have failed"
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
@@ -274,8 +327,125 @@ fn check(m: &Manifests) -> Report {
         check_replicas(m, deployment, &name, &mut r);
         check_services(m, &name, &pod, &pod_labels, &mut r);
         check_policies(m, &name, &pod, &pod_labels, &mut r);
+        check_routes_and_monitors(m, &name, &pod, &pod_labels, &mut r);
+        check_disruption_budgets(m, deployment, &name, &pod_labels, &mut r);
     }
     r
+}
+
+/// The pod's webhook port (named `webhook`) and admin port (the one its liveness probe GETs).
+fn pod_ports(pod: &Value) -> (Option<u16>, Option<u16>) {
+    let containers = list_at(pod, "containers");
+    let Some(hookbridge) = containers.iter().find(|c| is_hookbridge(c)) else {
+        return (None, None);
+    };
+    let admin =
+        at(hookbridge, "livenessProbe.httpGet.port").and_then(|p| resolve_port(std::slice::from_ref(hookbridge), p));
+    (named_port(hookbridge, "webhook"), admin)
+}
+
+/// The container port a Service port sends to, when the Service selects these pods.
+fn service_target(svc_port: &Value, containers: &[Value]) -> Option<u16> {
+    let target = svc_port.get("targetPort").or_else(|| svc_port.get("port"))?;
+    resolve_port(containers, target)
+}
+
+/// The Gateway API HTTPRoute and the Prometheus Operator ServiceMonitor reach the right ports:
+/// the route the webhook port through a Service, on endpoint paths; the monitor the admin port.
+fn check_routes_and_monitors(m: &Manifests, name: &str, pod: &Value, labels: &Value, r: &mut Report) {
+    let containers = list_at(pod, "containers");
+    let (webhook, admin) = pod_ports(pod);
+    for route in m.of_kind("HTTPRoute") {
+        let route_name = str_at(route, "metadata.name").unwrap_or("?");
+        if list_at(route, "spec.parentRefs").is_empty() {
+            r.problem(format!("HTTPRoute {route_name}: no parentRefs (no Gateway)"));
+        }
+        for rule in list_at(route, "spec.rules") {
+            for backend in list_at(rule, "backendRefs") {
+                let svc_name = str_at(backend, "name").unwrap_or("");
+                let Some(svc) = m.find("Service", svc_name) else {
+                    r.problem(format!("HTTPRoute {route_name}: backend Service {svc_name} is missing"));
+                    continue;
+                };
+                if !at(svc, "spec.selector").is_some_and(|s| labels_match(s, labels)) {
+                    continue;
+                }
+                let port = backend.get("port").cloned().unwrap_or(Value::Null);
+                let target = list_at(svc, "spec.ports")
+                    .iter()
+                    .find(|sp| sp.get("port") == Some(&port))
+                    .and_then(|sp| service_target(sp, containers));
+                if target.is_none() || target != webhook {
+                    r.problem(format!(
+                        "HTTPRoute {route_name}: Service {svc_name} port {port} reaches {target:?}, not Deployment {name}'s webhook port {webhook:?}"
+                    ));
+                }
+            }
+            for matcher in list_at(rule, "matches") {
+                let path = str_at(matcher, "path.value").unwrap_or("");
+                if !endpoint_paths(m).contains(&path.to_string()) {
+                    r.problem(format!(
+                        "HTTPRoute {route_name}: path {path} is not an endpoint path of hookbridge's config"
+                    ));
+                }
+            }
+        }
+    }
+    for sm in m.of_kind("ServiceMonitor") {
+        let sm_name = str_at(sm, "metadata.name").unwrap_or("?");
+        let selector = at(sm, "spec.selector.matchLabels").cloned().unwrap_or(json!({}));
+        let services: Vec<&Value> = m
+            .of_kind("Service")
+            .filter(|svc| at(svc, "metadata.labels").is_some_and(|l| labels_match(&selector, l)))
+            .collect();
+        if services.is_empty() {
+            r.problem(format!("ServiceMonitor {sm_name}: selects no Service"));
+        }
+        for svc in services {
+            for ep in list_at(sm, "spec.endpoints") {
+                let port_name = ep.get("port").cloned().unwrap_or(Value::Null);
+                let target = list_at(svc, "spec.ports")
+                    .iter()
+                    .find(|sp| sp.get("name") == Some(&port_name))
+                    .and_then(|sp| service_target(sp, containers));
+                if target.is_none() || target != admin {
+                    r.problem(format!(
+                        "ServiceMonitor {sm_name}: port {port_name} of Service {:?} reaches {target:?}, not the admin port {admin:?}",
+                        str_at(svc, "metadata.name")
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// A budget that a single-replica (or minimum-size) deployment can never satisfy blocks every
+/// node drain.
+fn check_disruption_budgets(m: &Manifests, d: &Value, name: &str, labels: &Value, r: &mut Report) {
+    let hpa_min = m
+        .of_kind("HorizontalPodAutoscaler")
+        .find(|h| str_at(h, "spec.scaleTargetRef.name") == Some(name))
+        .and_then(|h| at(h, "spec.minReplicas").and_then(u64_of));
+    let replicas = hpa_min.or_else(|| at(d, "spec.replicas").and_then(u64_of)).unwrap_or(1);
+    for pdb in m.of_kind("PodDisruptionBudget") {
+        let selector = at(pdb, "spec.selector.matchLabels").cloned().unwrap_or(json!({}));
+        if !labels_match(&selector, labels) {
+            continue;
+        }
+        let pdb_name = str_at(pdb, "metadata.name").unwrap_or("?");
+        let blocks = match (at(pdb, "spec.minAvailable"), at(pdb, "spec.maxUnavailable")) {
+            (Some(min), _) => min
+                .as_str()
+                .map_or_else(|| u64_of(min).is_some_and(|n| n >= replicas), |p| p == "100%"),
+            (None, Some(max)) => max.as_str().map_or_else(|| u64_of(max) == Some(0), |p| p == "0%"),
+            (None, None) => false,
+        };
+        if blocks {
+            r.problem(format!(
+                "PodDisruptionBudget {pdb_name} blocks every drain of Deployment {name} at {replicas} replica(s)"
+            ));
+        }
+    }
 }
 
 fn check_container(m: &Manifests, ctx: &str, pod: &Value, c: &Value, r: &mut Report) {
@@ -567,13 +737,28 @@ fn check_services(m: &Manifests, name: &str, pod: &Value, labels: &Value, r: &mu
         if !labels_match(selector, labels) {
             continue;
         }
+        let (webhook, admin) = pod_ports(pod);
+        let mut targets = Vec::new();
         for port in list_at(svc, "spec.ports") {
             let target = port.get("targetPort").or_else(|| port.get("port")).unwrap();
-            if resolve_port(containers, target).is_none() {
-                r.problem(format!(
+            match resolve_port(containers, target) {
+                None => r.problem(format!(
                     "Service {svc_name}: targetPort {target} is not a port of Deployment {name}"
-                ));
+                )),
+                Some(p) => targets.push(p),
             }
+        }
+        let exposes_admin = admin.is_some_and(|a| targets.contains(&a));
+        if exposes_admin && webhook.is_some_and(|w| targets.contains(&w)) {
+            r.problem(format!(
+                "Service {svc_name}: serves both the webhook and the admin port; the admin port needs its own ClusterIP Service"
+            ));
+        }
+        let svc_type = str_at(svc, "spec.type").unwrap_or("ClusterIP");
+        if exposes_admin && svc_type != "ClusterIP" {
+            r.problem(format!(
+                "Service {svc_name}: exposes the admin port through a {svc_type} Service"
+            ));
         }
     }
     for ing in m.of_kind("Ingress") {
@@ -777,11 +962,31 @@ fn literal_env(c: &Value) -> BTreeMap<String, String> {
 // ------------------------------------------------------------------------------------------
 // hookbridge check-config
 
+/// Points every `{file: PATH}` secret source (endpoint secrets, a sink's `secret_options`) at a
+/// placeholder file under `dir`.
+fn placeholder_files(v: &mut Value, dir: &Path, n: &mut usize) {
+    match v {
+        Value::Object(map) => {
+            if let Some(file) = map.get_mut("file").filter(|f| f.is_string()) {
+                *n += 1;
+                let local = dir.join(format!("secret-{n}"));
+                std::fs::write(&local, "whsec_deploy_test_placeholder\n").unwrap();
+                *file = json!(local.to_str().unwrap());
+            }
+            for child in map.values_mut() {
+                placeholder_files(child, dir, n);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|c| placeholder_files(c, dir, n)),
+        _ => {}
+    }
+}
+
 /// Runs the built `hookbridge check-config` on a config taken from a ConfigMap.
 ///
-/// The config names its signing secrets by their paths inside the pod
-/// (`/var/run/secrets/stripe/current`), which do not exist here, and check-config reads every
-/// secret. Env overrides cannot help: figment's `HOOKBRIDGE__` keys cannot address an element
+/// The config names its signing secrets (and a sink's `secret_options` files) by their paths
+/// inside the pod (`/var/run/secrets/stripe/current`), which do not exist here, and check-config
+/// reads every secret. Env overrides cannot help: figment's `HOOKBRIDGE__` keys cannot address an element
 /// of the `endpoints[].secrets[]` lists. So the test writes a placeholder secret into a temp
 /// file for each such path and points the config's `file:` entries there, changing nothing
 /// else: it edits the parsed config (not the text, so no other string can be hit by accident)
@@ -792,20 +997,7 @@ fn check_config(config: &Value, env: &BTreeMap<String, String>) -> Result<String
     let dir = tempfile::tempdir().unwrap();
     let mut config = config.clone();
     let mut n = 0;
-    if let Some(endpoints) = config.get_mut("endpoints").and_then(Value::as_array_mut) {
-        for ep in endpoints {
-            if let Some(secrets) = ep.get_mut("secrets").and_then(Value::as_array_mut) {
-                for s in secrets {
-                    if let Some(file) = s.get_mut("file") {
-                        n += 1;
-                        let local = dir.path().join(format!("secret-{n}"));
-                        std::fs::write(&local, "whsec_deploy_test_placeholder\n").unwrap();
-                        *file = json!(local.to_str().unwrap());
-                    }
-                }
-            }
-        }
-    }
+    placeholder_files(&mut config, dir.path(), &mut n);
     let path = dir.path().join("hookbridge.yaml");
     std::fs::write(&path, serde_json::to_string_pretty(&config).unwrap()).unwrap();
 
@@ -837,55 +1029,105 @@ fn check_config(config: &Value, env: &BTreeMap<String, String>) -> Result<String
 
 #[test]
 fn helm_lint_passes() {
-    let out = run_helm(&["lint", "--strict", chart().to_str().unwrap()]);
+    for values in all_ci_values() {
+        let out = run_helm(&[
+            "lint",
+            "--strict",
+            "--kube-version",
+            KUBE_VERSION,
+            chart().to_str().unwrap(),
+            "-f",
+            values.to_str().unwrap(),
+        ]);
+        assert!(
+            out.status.success(),
+            "helm lint -f {} failed:\n{}{}",
+            values.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Every ci/*-values.yaml (one per sink kind) renders a consistent chart whose config passes
+/// `hookbridge check-config`, with the Ingress on as well.
+#[test]
+fn every_ci_values_file_renders_a_consistent_chart() {
+    for values in all_ci_values() {
+        let values = values.to_str().unwrap();
+        for sets in [&[][..], &["ingress.enabled=true"][..]] {
+            let m = render(values, sets);
+            let kinds: Vec<&str> = m.docs.iter().filter_map(|d| str_at(d, "kind")).collect();
+            for kind in ["ConfigMap", "Deployment", "Service", "PodDisruptionBudget"] {
+                assert!(kinds.contains(&kind), "{}: no {kind} rendered: {kinds:?}", m.origin);
+            }
+            check(&m).assert_clean(&m, 1);
+        }
+    }
+    // Between them, the files exercise every sink kind and every optional resource.
+    let all = all_ci_values()
+        .iter()
+        .map(|v| std::fs::read_to_string(v).unwrap())
+        .collect::<String>();
+    for kind in ["kind: kafka", "kind: rabbitmq", "kind: file"] {
+        assert!(all.contains(kind), "no ci values file has a sink of {kind}");
+    }
+    let fanout = render(&ci_values("fanout-values.yaml"), &[]);
+    let kinds: Vec<&str> = fanout.docs.iter().filter_map(|d| str_at(d, "kind")).collect();
+    for kind in [
+        "ServiceAccount",
+        "Secret",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "HTTPRoute",
+        "ServiceMonitor",
+        "PrometheusRule",
+    ] {
+        assert!(kinds.contains(&kind), "fanout-values.yaml renders no {kind}: {kinds:?}");
+    }
+}
+
+/// `sinks` and `routes` given by the user replace the chart's as a whole: a RabbitMQ-only
+/// install has exactly the RabbitMQ sink, and no env override recreates another.
+#[test]
+fn user_sinks_and_routes_replace_the_defaults() {
+    let m = render(&ci_values("rabbitmq-values.yaml"), &[]);
+    let config = first_config(&m);
+    let sinks: Vec<&String> = config["sinks"].as_object().unwrap().keys().collect();
+    assert_eq!(sinks, ["amqp"], "{config:#}");
+    assert_eq!(config["routes"].as_array().unwrap().len(), 2);
+    let d = m.of_kind("Deployment").next().unwrap();
+    let env = serde_json::to_string(&list_at(d, "spec.template.spec.containers")[0]["env"]).unwrap();
     assert!(
-        out.status.success(),
-        "helm lint failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        !env.contains("SINKS__EVENTS"),
+        "an env override names another sink: {env}"
     );
 }
 
 #[test]
-fn chart_defaults_with_ingress_and_network_policy_are_consistent() {
-    let m = render(&["ingress.enabled=true", "networkPolicy.enabled=true"]);
-    let kinds: Vec<&str> = m.docs.iter().filter_map(|d| str_at(d, "kind")).collect();
-    for kind in [
-        "ConfigMap",
-        "Secret",
-        "Deployment",
-        "Service",
-        "PodDisruptionBudget",
-        "HorizontalPodAutoscaler",
-        "Ingress",
-        "NetworkPolicy",
-    ] {
-        assert!(kinds.contains(&kind), "{}: no {kind} rendered: {kinds:?}", m.origin);
-    }
-    check(&m).assert_clean(&m, 1);
-}
-
-#[test]
 fn chart_with_an_existing_secret_mounts_it_and_creates_none() {
-    let m = render(&["secrets.existingSecret=stripe-signing"]);
+    let m = render(&ci_values("kafka-values.yaml"), &[]);
     assert!(m.of_kind("Secret").next().is_none(), "a Secret was rendered");
     let d = m.of_kind("Deployment").next().unwrap();
     let names: Vec<_> = list_at(d, "spec.template.spec.volumes")
         .iter()
         .filter_map(|v| str_at(v, "secret.secretName"))
         .collect();
-    assert_eq!(names, ["stripe-signing"]);
+    assert_eq!(names, ["stripe-signing", "kafka-credentials"]);
     check(&m).assert_clean(&m, 1);
 }
 
 #[test]
 fn chart_takes_container_ports_from_the_config() {
-    let m = render(&[
-        "config.listen=0.0.0.0:8443",
-        "config.admin_listen=0.0.0.0:9443",
-        "ingress.enabled=true",
-        "autoscaling.enabled=false",
-    ]);
+    let m = render(
+        &ci_values("rabbitmq-values.yaml"),
+        &[
+            "config.listen=0.0.0.0:8443",
+            "config.admin_listen=0.0.0.0:9443",
+            "ingress.enabled=true",
+            "autoscaling.enabled=false",
+        ],
+    );
     let d = m.of_kind("Deployment").next().unwrap();
     let c = &list_at(d, "spec.template.spec.containers")[0];
     assert_eq!(named_port(c, "webhook"), Some(8443));
@@ -895,17 +1137,95 @@ fn chart_takes_container_ports_from_the_config() {
 }
 
 #[test]
-fn chart_refuses_a_loopback_admin_port_and_a_short_grace_period() {
-    let e = render_error(&["config.admin_listen=127.0.0.1:9090"]);
+fn chart_refuses_what_would_only_fail_in_the_cluster() {
+    let rabbit = ci_values("rabbitmq-values.yaml");
+    let e = render_error(&rabbit, &["config.admin_listen=127.0.0.1:9090"]);
     assert!(e.contains("admin_listen"), "{e}");
-    let e = render_error(&["terminationGracePeriodSeconds=16"]);
+    let e = render_error(&rabbit, &["terminationGracePeriodSeconds=16"]);
     assert!(e.contains("terminationGracePeriodSeconds"), "{e}");
-    let e = render_error(&["secrets.current="]);
-    assert!(e.contains("secrets.current"), "{e}");
+    // No secret at all: one message naming both ways to give one. Never a placeholder.
+    let e = render_error(&rabbit, &["secrets.current="]);
+    assert!(
+        e.contains("secrets.existingSecret") && e.contains("secrets.current"),
+        "{e}"
+    );
+    let e = render_error("", &[]);
+    assert!(
+        e.contains("secrets.existingSecret") && e.contains("secrets.current"),
+        "{e}"
+    );
+    // No sinks or routes.
+    let e = render_error("", &["secrets.current=whsec_x"]);
+    assert!(e.contains("sinks and routes are required"), "{e}");
+    let e = render_error(&rabbit, &["routes=[]"]);
+    assert!(e.contains("sinks and routes are required"), "{e}");
+    let e = render_error(&rabbit, &[r#"config={"sinks":{"x":{"kind":"file","path":"-"}}}"#]);
+    assert!(e.contains("config.sinks"), "{e}");
+    // values.schema.json: an unknown or mistyped key fails with its name.
+    let e = render_error(&rabbit, &["replicaCoutn=3"]);
+    assert!(e.contains("replicaCoutn"), "{e}");
+    let e = render_error(&rabbit, &["service.tpye=LoadBalancer"]);
+    assert!(e.contains("tpye"), "{e}");
+    let e = render_error(&rabbit, &["replicaCount=two"]);
+    assert!(e.contains("replicaCount"), "{e}");
+    // kubeVersion: the preStop sleep action needs Kubernetes 1.30.
+    let mut args = template_args(&rabbit, &[]);
+    let v = args.iter().position(|a| a == KUBE_VERSION).unwrap();
+    args[v] = "1.29.9".into();
+    let out = run_helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!out.status.success(), "the chart installed on Kubernetes 1.29");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kubeVersion"));
+}
+
+/// The admin port has its own ClusterIP Service, whatever the webhook Service's type.
+#[test]
+fn the_admin_port_is_never_exposed_with_the_webhook() {
+    let m = render(
+        &ci_values("rabbitmq-values.yaml"),
+        &["service.type=LoadBalancer", "service.externalTrafficPolicy=Local"],
+    );
+    let webhook = m.find("Service", "hb-hookbridge").unwrap();
+    assert_eq!(str_at(webhook, "spec.type"), Some("LoadBalancer"));
+    let ports: Vec<_> = list_at(webhook, "spec.ports")
+        .iter()
+        .filter_map(|p| str_at(p, "name"))
+        .collect();
+    assert_eq!(ports, ["webhook"]);
+    let metrics = m.find("Service", "hb-hookbridge-metrics").unwrap();
+    assert_eq!(str_at(metrics, "spec.type"), Some("ClusterIP"));
+    check(&m).assert_clean(&m, 1);
+}
+
+/// A single replica can still be drained.
+#[test]
+fn the_disruption_budget_never_blocks_a_drain() {
+    let m = render(
+        &ci_values("file-values.yaml"),
+        &["replicaCount=1", "autoscaling.enabled=false"],
+    );
+    let r = check(&m);
+    assert!(
+        r.problems.iter().all(|p| !p.contains("PodDisruptionBudget")),
+        "{:?}",
+        r.problems
+    );
+    let plain = Manifests::read_dir(&repo().join("deploy/kubernetes/gateway"));
+    let mut docs = plain.docs.clone();
+    for d in &mut docs {
+        if d["kind"] == "PodDisruptionBudget" {
+            d["spec"] = json!({"minAvailable": 2, "selector": d["spec"]["selector"].clone()});
+        }
+    }
+    check(&Manifests {
+        origin: "mutated".into(),
+        docs,
+    })
+    .assert_mentions("blocks every drain");
 }
 
 #[test]
 fn config_change_rolls_the_pods() {
+    let rabbit = ci_values("rabbitmq-values.yaml");
     let checksum = |m: &Manifests| {
         let d = m.of_kind("Deployment").next().unwrap();
         at(d, "spec.template.metadata.annotations")
@@ -914,9 +1234,9 @@ fn config_change_rolls_the_pods() {
             .unwrap()
             .to_string()
     };
-    let a = checksum(&render(&[]));
-    let b = checksum(&render(&["config.ack_timeout=4s"]));
-    let c = checksum(&render(&["secrets.current=whsec_other"]));
+    let a = checksum(&render(&rabbit, &[]));
+    let b = checksum(&render(&rabbit, &["config.ack_timeout=4s"]));
+    let c = checksum(&render(&rabbit, &["secrets.current=whsec_other"]));
     assert_ne!(a, b, "a config change must change the pod template");
     assert_eq!(
         a, c,
@@ -930,6 +1250,15 @@ fn plain_gateway_manifests_are_consistent() {
     check_kustomization(&dir);
     let m = Manifests::read_dir(&dir);
     check(&m).assert_clean(&m, 1);
+    let d = m.of_kind("Deployment").next().unwrap();
+    assert!(
+        at(d, "spec.replicas").is_none(),
+        "the HPA owns the replica count; a count in the Deployment resets it on every apply"
+    );
+    assert!(
+        m.of_kind("Secret").next().is_none(),
+        "an apply would overwrite the real Secret"
+    );
 }
 
 #[test]
@@ -940,21 +1269,26 @@ fn plain_sidecar_manifests_are_consistent() {
     check(&m).assert_clean(&m, 1);
 }
 
+/// The config text of the first ConfigMap.
+fn first_config(m: &Manifests) -> Value {
+    let cm = m.of_kind("ConfigMap").next().unwrap();
+    let text = at(cm, "data")
+        .and_then(|d| d.get("hookbridge.yaml"))
+        .and_then(Value::as_str)
+        .unwrap();
+    Figment::from(Yaml::string(text)).extract().unwrap()
+}
+
+/// The chart's config defaults are the plain gateway's config, once given the same sinks and
+/// routes.
 #[test]
 fn plain_and_chart_gateways_run_the_same_config() {
-    let plain = Manifests::read_dir(&repo().join("deploy/kubernetes/gateway"));
-    let chart = render(&[]);
-    let config = |m: &Manifests| -> Value {
-        let cm = m.of_kind("ConfigMap").next().unwrap();
-        let text = at(cm, "data")
-            .and_then(|d| d.get("hookbridge.yaml"))
-            .and_then(Value::as_str)
-            .unwrap();
-        Figment::from(Yaml::string(text)).extract().unwrap()
-    };
+    let plain = first_config(&Manifests::read_dir(&repo().join("deploy/kubernetes/gateway")));
+    let sinks = format!("sinks={}", plain["sinks"]);
+    let routes = format!("routes={}", plain["routes"]);
+    let chart = first_config(&render("", &["secrets.current=whsec_x", &sinks, &routes]));
     assert_eq!(
-        config(&plain),
-        config(&chart),
+        plain, chart,
         "deploy/kubernetes/gateway and the chart's defaults differ"
     );
 }
@@ -980,7 +1314,14 @@ fn check_kustomization(dir: &Path) {
 /// The checks are not vacuous: breaking one thing at a time in the plain gateway is caught.
 #[test]
 fn the_checks_catch_each_kind_of_mistake() {
-    let base = Manifests::read_dir(&repo().join("deploy/kubernetes/gateway"));
+    let mut base = Manifests::read_dir(&repo().join("deploy/kubernetes/gateway"));
+    // The signing-secret Secret as deployment.yaml tells the user to create it with kubectl.
+    base.docs.push(json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "hookbridge-stripe"},
+        "data": {"current": "d2hzZWNfeA==", "previous": "d2hzZWNfeA=="}
+    }));
     let mutated = |f: &dyn Fn(&mut Value)| -> Report {
         let mut docs = base.docs.clone();
         for d in &mut docs {
@@ -1064,7 +1405,7 @@ fn the_checks_catch_each_kind_of_mistake() {
     .assert_mentions("preStop uses exec");
     mutated(&|d| {
         if let Some(c) = container(d) {
-            c["env"][0]["name"] = json!("HOOKBRIDGE__SINKS__EVENT__BROKERS");
+            c["env"] = json!([{"name": "HOOKBRIDGE__SINKS__EVENT__BROKERS", "value": "kafka:9092"}]);
         }
     })
     .assert_mentions("check-config rejects");
@@ -1072,14 +1413,555 @@ fn the_checks_catch_each_kind_of_mistake() {
         .assert_mentions("check-config rejects");
     mutated(&|d| {
         if d["kind"] == "Ingress" {
-            d["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]["port"] = json!({"name": "admin"});
+            d["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"] =
+                json!({"name": "hookbridge-metrics", "port": {"name": "admin"}});
         }
     })
     .assert_mentions("not hookbridge's webhook port");
+    mutated(&|d| {
+        if d["kind"] == "Service" && d["metadata"]["name"] == "hookbridge" {
+            d["spec"]["type"] = json!("LoadBalancer");
+            d["spec"]["ports"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "admin", "port": 9090, "targetPort": "admin"}));
+        }
+    })
+    .assert_mentions("serves both the webhook and the admin port");
     mutated(&|d| {
         if d["kind"] == "NetworkPolicy" {
             d["spec"]["ingress"][1]["ports"][0]["port"] = json!("metrics");
         }
     })
     .assert_mentions("port \"metrics\" is not a port");
+}
+
+// ------------------------------------------------------------------------------------------
+// Validation against the Kubernetes OpenAPI schemas, offline
+
+/// `kubernetes-validate` (PyPI) bundles the schemas of every Kubernetes release, so this runs
+/// offline; deploy/tools/install.sh installs it into a venv under ~/.cache/hookbridge.
+fn kubernetes_validate(file: &Path, version: Option<&str>) -> std::process::Output {
+    let exe = tool(
+        "kubernetes-validate",
+        "HOOKBRIDGE_KUBERNETES_VALIDATE",
+        "venv-kubernetes-validate/bin/kubernetes-validate",
+    );
+    let mut cmd = Command::new(exe);
+    cmd.arg("--strict");
+    if let Some(v) = version {
+        cmd.args(["--kubernetes-version", v]);
+    }
+    cmd.arg(file).output().unwrap()
+}
+
+/// The oldest release the chart supports, and the newest whose schemas the validator has (its
+/// default).
+const SCHEMA_VERSIONS: [Option<&str>; 2] = [Some("1.30.0"), None];
+
+fn assert_valid(file: &Path, what: &str) {
+    for version in SCHEMA_VERSIONS {
+        let out = kubernetes_validate(file, version);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success() && !text.contains("ERROR"),
+            "{what} does not validate against Kubernetes {}:\n{text}",
+            version.unwrap_or("(newest)")
+        );
+        assert!(text.contains("passed"), "{what}: nothing was validated:\n{text}");
+    }
+}
+
+#[test]
+fn manifests_validate_against_kubernetes_1_30_and_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    for values in all_ci_values() {
+        for sets in [&[][..], &["ingress.enabled=true"][..]] {
+            let args = template_args(values.to_str().unwrap(), sets);
+            let out = run_helm(&args.iter().map(String::as_str).collect::<Vec<_>>());
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            let file = dir.path().join("rendered.yaml");
+            std::fs::write(&file, &out.stdout).unwrap();
+            assert_valid(&file, &format!("helm template -f {} {sets:?}", values.display()));
+        }
+    }
+    for sub in ["gateway", "sidecar"] {
+        for file in yaml_files(&repo().join("deploy/kubernetes").join(sub)) {
+            assert_valid(&file, &file.display().to_string());
+        }
+    }
+    // Not vacuous: a misspelt field fails.
+    let file = dir.path().join("broken.yaml");
+    let text = std::fs::read_to_string(repo().join("deploy/kubernetes/gateway/service.yaml")).unwrap();
+    std::fs::write(&file, text.replace("targetPort:", "targetPortt:")).unwrap();
+    let out = kubernetes_validate(&file, Some("1.30.0"));
+    assert!(!out.status.success(), "a misspelt field validated");
+}
+
+// ------------------------------------------------------------------------------------------
+// Monitoring: alert rules, the dashboard, and the metrics a running bridge exports
+
+fn promtool() -> PathBuf {
+    tool("promtool", "HOOKBRIDGE_PROMTOOL", "bin/promtool")
+}
+
+fn run_promtool(args: &[&str]) -> String {
+    let out = Command::new(promtool()).args(args).output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+    text
+}
+
+fn rules_file() -> PathBuf {
+    repo().join("deploy/prometheus/hookbridge-rules.yaml")
+}
+
+fn dashboard_file() -> PathBuf {
+    repo().join("deploy/grafana/hookbridge.json")
+}
+
+/// Every alert of the rules file.
+fn alert_rules() -> Vec<Value> {
+    let rules: Value = Figment::from(Yaml::file(rules_file())).extract().unwrap();
+    list_at(&rules, "groups")
+        .iter()
+        .flat_map(|g| list_at(g, "rules").to_vec())
+        .collect()
+}
+
+/// Every query of the dashboard's panels, with Grafana's variables replaced by what Prometheus
+/// can parse.
+fn dashboard_queries() -> Vec<String> {
+    let dashboard: Value = serde_json::from_str(&std::fs::read_to_string(dashboard_file()).unwrap()).unwrap();
+    list_at(&dashboard, "panels")
+        .iter()
+        .flat_map(|p| list_at(p, "targets").to_vec())
+        .filter_map(|t| str_at(&t, "expr").map(str::to_string))
+        .map(|e| {
+            e.replace("$__rate_interval", "5m")
+                .replace("$namespace", ".*")
+                .replace("$job", ".*")
+        })
+        .collect()
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_every_alert_has_a_unit_test() {
+    let rules = rules_file();
+    run_promtool(&["check", "rules", rules.to_str().unwrap()]);
+    let tests = repo().join("deploy/prometheus/hookbridge-rules.test.yaml");
+    run_promtool(&["test", "rules", tests.to_str().unwrap()]);
+    let test_text = std::fs::read_to_string(&tests).unwrap();
+    let alerts: Vec<String> = alert_rules()
+        .iter()
+        .filter_map(|r| str_at(r, "alert").map(str::to_string))
+        .collect();
+    for alert in [
+        "HookbridgeSinkDown",
+        "HookbridgeServerErrors",
+        "HookbridgeSignatureMismatch",
+        "HookbridgeSlowAnswers",
+        "HookbridgeNoWebhooks",
+    ] {
+        assert!(alerts.contains(&alert.to_string()), "no alert {alert}: {alerts:?}");
+    }
+    for alert in &alerts {
+        assert!(
+            test_text.contains(&format!(
+                "alertname: {alert}\n        exp_alerts:\n          - exp_labels"
+            )),
+            "alert {alert} has no unit test in which it fires"
+        );
+    }
+}
+
+/// The chart ships the plain rules file and dashboard unchanged.
+#[test]
+fn chart_ships_the_plain_rules_and_dashboard() {
+    let m = render(&ci_values("fanout-values.yaml"), &[]);
+    let rule = m.of_kind("PrometheusRule").next().unwrap();
+    let plain: Value = Figment::from(Yaml::file(rules_file())).extract().unwrap();
+    assert_eq!(
+        rule["spec"],
+        plain,
+        "the PrometheusRule differs from {}",
+        rules_file().display()
+    );
+    let cm = m.find("ConfigMap", "hb-hookbridge-dashboard").unwrap();
+    assert_eq!(at(cm, "metadata.labels.grafana_dashboard"), Some(&json!("1")));
+    let shipped: Value = serde_json::from_str(cm["data"]["hookbridge.json"].as_str().unwrap()).unwrap();
+    let plain: Value = serde_json::from_str(&std::fs::read_to_string(dashboard_file()).unwrap()).unwrap();
+    assert_eq!(shipped, plain);
+}
+
+/// The sample names a running hookbridge exports, from `/metrics` (each family's `# TYPE` line,
+/// so that families without samples yet count too).
+fn exported_names(exposition: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in exposition.lines() {
+        let mut words = line.split_whitespace();
+        if let (Some("#"), Some("TYPE"), Some(name), Some(kind)) =
+            (words.next(), words.next(), words.next(), words.next())
+        {
+            let suffixes: &[&str] = match kind {
+                "counter" => &["_total"],
+                "histogram" => &["_bucket", "_sum", "_count"],
+                "info" => &["_info"],
+                _ => &[""],
+            };
+            names.extend(suffixes.iter().map(|s| format!("{name}{s}")));
+        } else if !line.starts_with('#') {
+            if let Some(name) = line.split(['{', ' ']).next().filter(|n| !n.is_empty()) {
+                names.push(name.to_string());
+            }
+        }
+    }
+    names
+}
+
+/// A plain HTTP/1.0 GET (the admin port), returning the body.
+fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    assert!(
+        head.starts_with("HTTP/1.") && head.contains(" 200 "),
+        "GET {path}: {head}"
+    );
+    body.to_string()
+}
+
+/// Every metric an alert or a dashboard panel uses is one a running hookbridge exports, and
+/// every expression parses (promtool). The same bridge shows `hookbridge_build_info` and its
+/// start-up line.
+#[test]
+fn dashboards_and_alerts_use_only_exported_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = common::yaml(
+        "sinks:\n  archive:\n    kind: file\n    path: \"events.jsonl\"\nroutes:\n  - match: \"*\"\n    to: [{ sink: archive, topic: \"t\" }]\n",
+    )
+    .replace("events.jsonl", dir.path().join("events.jsonl").to_str().unwrap());
+    let mut served = common::serve_binary(dir.path(), &yaml);
+    let stderr = served.child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("no `hookbridge started` line");
+        if line.contains("hookbridge started") {
+            break line;
+        }
+    };
+    for part in [
+        format!("version={}", env!("CARGO_PKG_VERSION")),
+        format!("config={}", served.config.display()),
+        format!("endpoints={}", common::PATH),
+        "sinks=archive (file)".to_string(),
+        format!("webhook=127.0.0.1:{}", served.webhook),
+        format!("admin=127.0.0.1:{}", served.admin),
+    ] {
+        assert!(started.contains(&part), "the start-up line lacks {part:?}: {started}");
+    }
+
+    let exposition = http_get(served.admin, "/metrics");
+    let build = exposition
+        .lines()
+        .find(|l| l.starts_with("hookbridge_build_info{"))
+        .unwrap_or_else(|| panic!("no hookbridge_build_info:\n{exposition}"));
+    assert!(
+        build.contains(&format!("version=\"{}\"", env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    assert!(build.contains("commit=\"") && !build.contains("commit=\"\""), "{build}");
+    assert!(build.ends_with(" 1"), "{build}");
+
+    let exported = exported_names(&exposition);
+    let mut queries: Vec<String> = alert_rules()
+        .iter()
+        .filter_map(|r| str_at(r, "expr").map(str::to_string))
+        .collect();
+    let alert_count = queries.len();
+    queries.extend(dashboard_queries());
+    assert!(queries.len() >= alert_count + 10, "the dashboard has too few queries");
+    let mut used = std::collections::BTreeSet::new();
+    for q in &queries {
+        let bytes = q.as_bytes();
+        let mut i = 0;
+        while let Some(pos) = q[i..].find("hookbridge_") {
+            let start = i + pos;
+            let end = start
+                + q[start..]
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(q.len() - start);
+            // A label value or an annotation is not a metric name.
+            if start == 0 || !matches!(bytes[start - 1], b'"' | b'\'' | b'.') {
+                used.insert(q[start..end].to_string());
+            }
+            i = end;
+        }
+    }
+    assert!(used.len() >= 8, "too few metric names found: {used:?}");
+    let missing: Vec<_> = used.iter().filter(|n| !exported.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "used but not exported by hookbridge: {missing:?}\nexported: {exported:?}"
+    );
+
+    // Every dashboard query parses: promtool checks them as recording rules.
+    let rules = json!({"groups": [{"name": "dashboard", "rules": dashboard_queries()
+        .iter()
+        .enumerate()
+        .map(|(i, e)| json!({"record": format!("dashboard:query_{i}"), "expr": e}))
+        .collect::<Vec<_>>()}]});
+    let file = dir.path().join("dashboard-rules.yaml");
+    std::fs::write(&file, serde_json::to_string_pretty(&rules).unwrap()).unwrap();
+    run_promtool(&["check", "rules", file.to_str().unwrap()]);
+}
+
+// ------------------------------------------------------------------------------------------
+// The container image
+
+/// deploy/runtime-libs.sh (what the Dockerfile copies into the runtime image) on a binary.
+fn runtime_libs(binary: &Path) -> Vec<PathBuf> {
+    let out = Command::new("bash")
+        .arg(repo().join("deploy/runtime-libs.sh"))
+        .arg(binary)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "runtime-libs.sh {} failed:\n{}",
+        binary.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(PathBuf::from)
+        .collect()
+}
+
+/// The Dockerfile's runtime stage gets exactly the libraries the binary links besides glibc:
+/// it copies what deploy/runtime-libs.sh lists for the release binary, and the same script, run
+/// here on the binary cargo built (and on target/release/hookbridge when one exists: the same
+/// features link the same libraries), finds every library ldd names.
+#[test]
+fn the_image_gets_exactly_the_libraries_the_binary_links() {
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/Dockerfile")).unwrap();
+    for needle in [
+        "COPY deploy/runtime-libs.sh /usr/local/bin/runtime-libs",
+        "libs=\"$(runtime-libs target/release/hookbridge)\"",
+        "for lib in $libs; do cp -L --parents \"$lib\" /out/; done",
+        "COPY --from=builder /out/ /",
+    ] {
+        assert!(dockerfile.contains(needle), "deploy/Dockerfile no longer has: {needle}");
+    }
+    let runtime = &dockerfile[dockerfile.find("AS runtime").unwrap()..];
+    let copies: Vec<&str> = runtime.lines().filter(|l| l.starts_with("COPY")).collect();
+    assert_eq!(
+        copies,
+        ["COPY --from=builder /out/ /"],
+        "the runtime stage copies more than /out"
+    );
+
+    let mut binaries = vec![PathBuf::from(env!("CARGO_BIN_EXE_hookbridge"))];
+    let release = repo().join("target/release/hookbridge");
+    if release.is_file() {
+        binaries.push(release);
+    }
+    for binary in binaries {
+        let libs = runtime_libs(&binary);
+        assert!(!libs.is_empty(), "{}: no library listed", binary.display());
+        for lib in &libs {
+            assert!(
+                lib.is_absolute() && lib.exists(),
+                "{}: {} does not exist",
+                binary.display(),
+                lib.display()
+            );
+        }
+        let names: Vec<String> = libs
+            .iter()
+            .map(|l| l.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(
+            !names.iter().any(|n| n.starts_with("libc.so")),
+            "glibc itself listed: {names:?}"
+        );
+        // What ldd itself reports, read independently of the script.
+        let ldd = Command::new("ldd").arg(&binary).output().unwrap();
+        let ldd = String::from_utf8_lossy(&ldd.stdout);
+        for soname in ["libssl.so", "libcrypto.so", "libz.so"] {
+            if ldd.contains(soname) {
+                assert!(
+                    names.iter().any(|n| n.starts_with(soname)),
+                    "{soname} linked but not copied: {names:?}"
+                );
+            }
+        }
+        let linked = ldd.lines().filter(|l| l.contains("=> /")).count();
+        let glibc = ldd
+            .lines()
+            .filter(|l| l.contains("=> /"))
+            .filter(|l| {
+                let n = l.trim_start();
+                [
+                    "libc.so",
+                    "libm.so",
+                    "libdl.so",
+                    "libpthread.so",
+                    "librt.so",
+                    "libresolv.so",
+                    "ld-linux",
+                ]
+                .iter()
+                .any(|g| n.starts_with(g))
+            })
+            .count();
+        assert_eq!(
+            libs.len(),
+            linked - glibc,
+            "{}: ldd says\n{ldd}\nscript says {names:?}",
+            binary.display()
+        );
+    }
+}
+
+/// The release workflow publishes what the chart and the manifests point at: the image name of
+/// values.yaml, tagged with the chart's appVersion (= Cargo.toml's version), built from the
+/// Dockerfile; and the chart itself.
+#[test]
+fn the_release_workflow_publishes_what_the_manifests_use() {
+    let workflow: Value = Figment::from(Yaml::file(repo().join(".github/workflows/release.yml")))
+        .extract()
+        .unwrap();
+    let values: Value = Figment::from(Yaml::file(chart().join("values.yaml")))
+        .extract()
+        .unwrap();
+    let chart_meta: Value = Figment::from(Yaml::file(chart().join("Chart.yaml"))).extract().unwrap();
+    let image = str_at(&workflow, "env.IMAGE").unwrap();
+    assert_eq!(Some(image), str_at(&values, "image.repository"));
+    assert!(repo().join(str_at(&workflow, "env.DOCKERFILE").unwrap()).is_file());
+    assert_eq!(repo().join(str_at(&workflow, "env.CHART").unwrap()), chart());
+    let version = env!("CARGO_PKG_VERSION");
+    assert_eq!(str_at(&chart_meta, "appVersion"), Some(version));
+    assert_eq!(str_at(&chart_meta, "version"), Some(version));
+    assert_eq!(str_at(&chart_meta, "kubeVersion"), Some(">=1.30.0-0"));
+    let platforms = serde_json::to_string(&workflow["jobs"]["image"]).unwrap();
+    for arch in ["amd64", "arm64"] {
+        assert!(platforms.contains(arch), "the image job builds no {arch}");
+    }
+    for sub in ["gateway", "sidecar"] {
+        let m = Manifests::read_dir(&repo().join("deploy/kubernetes").join(sub));
+        for d in m.of_kind("Deployment") {
+            for c in list_at(d, "spec.template.spec.containers")
+                .iter()
+                .filter(|c| is_hookbridge(c))
+            {
+                assert_eq!(str_at(c, "image"), Some(format!("{image}:{version}").as_str()));
+            }
+        }
+    }
+}
+
+/// docs/deployment.md's allow-list example (Stripe's webhook addresses, behind a trusted proxy)
+/// is a config hookbridge accepts.
+#[test]
+fn the_stripe_allow_list_example_in_the_docs_is_valid() {
+    let doc = std::fs::read_to_string(repo().join("docs/deployment.md")).unwrap();
+    let blocks: Vec<&str> = doc
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|b| b.split("\n```").next())
+        .filter(|b| b.contains("allow_networks:"))
+        .collect();
+    assert_eq!(blocks.len(), 1, "expected one allow-list example in docs/deployment.md");
+    let config: Value = Figment::from(Yaml::string(blocks[0])).extract().unwrap();
+    let networks = list_at(&config, "http.allow_networks");
+    assert!(networks.len() >= 10, "{networks:?}");
+    assert_eq!(str_at(&config, "http.client_ip_header"), Some("x-forwarded-for"));
+    assert!(!list_at(&config, "http.trusted_proxies").is_empty());
+    check_config(&config, &BTreeMap::new()).unwrap_or_else(|e| panic!("check-config: {e}"));
+    // Not vacuous: check-config reads the list (a bad entry fails it).
+    let mut bad = config.clone();
+    bad["http"]["allow_networks"][0] = json!("3.18.12.630/32");
+    let e = check_config(&bad, &BTreeMap::new()).unwrap_err();
+    assert!(e.contains("allow_networks"), "{e}");
+}
+
+/// Every value of values.yaml is in the chart README's table and typed in values.schema.json
+/// (which rejects unknown keys at the top and in every chart-owned object).
+#[test]
+fn every_value_is_documented_and_typed() {
+    let values: Value = Figment::from(Yaml::file(chart().join("values.yaml")))
+        .extract()
+        .unwrap();
+    let readme = std::fs::read_to_string(chart().join("README.md")).unwrap();
+    let schema: Value =
+        serde_json::from_str(&std::fs::read_to_string(chart().join("values.schema.json")).unwrap()).unwrap();
+    assert_eq!(schema["additionalProperties"], json!(false));
+    // Objects whose keys are the user's (maps of labels, Kubernetes objects, hookbridge's config).
+    let free = [
+        "config",
+        "sinks",
+        "podAnnotations",
+        "podLabels",
+        "nodeSelector",
+        "affinity",
+        "resources",
+        "podSecurityContext",
+        "securityContext",
+        "annotations",
+        "labels",
+        "probes",
+    ];
+    fn walk(v: &Value, path: String, free: &[&str], out: &mut Vec<String>) {
+        let last = path.rsplit('.').next().unwrap_or("");
+        match v.as_object() {
+            Some(map) if !map.is_empty() && !free.contains(&last) => {
+                for (k, child) in map {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(child, p, free, out);
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+    let mut paths = Vec::new();
+    walk(&values, String::new(), &free, &mut paths);
+    for path in &paths {
+        assert!(
+            readme.contains(&format!("`{path}")),
+            "value {path} is not in the README's table"
+        );
+        let mut s = &schema;
+        for key in path.split('.') {
+            s = &s["properties"][key];
+            assert!(!s.is_null(), "value {path} is not in values.schema.json");
+        }
+    }
 }

@@ -1,23 +1,24 @@
 #!/usr/bin/env bash
-# CI check of the deployment assets: installs Helm if needed (deploy/helm/install-helm.sh), lints
-# the chart, renders it with the defaults and with every optional resource enabled, then runs the
-# consistency test (tests/deploy.rs) against the rendered chart and the plain manifests.
+# CI check of the deployment and monitoring assets. Installs Helm, promtool and
+# kubernetes-validate if needed (deploy/helm/install-helm.sh, deploy/tools/install.sh), checks
+# the alert rules and runs their unit tests with promtool, then runs tests/deploy.rs: helm lint
+# and helm template with every values file of the chart's ci/ folder (one per sink kind),
+# consistency of the rendered chart and the plain manifests, `hookbridge check-config` on every
+# config they carry, validation against the Kubernetes 1.30 and newest OpenAPI schemas
+# (offline), the metrics the dashboard and alerts use against a running bridge, and the
+# libraries the image must carry.
 #
 #   deploy/helm/check.sh            # from anywhere in the checkout
-#
-# The test finds helm through HOOKBRIDGE_HELM, which this script sets.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$here"
 
 helm="$(bash deploy/helm/install-helm.sh)"
-export HOOKBRIDGE_HELM="$helm"
-chart=deploy/helm/hookbridge
+promtool="$(bash deploy/tools/install.sh promtool)"
+validate="$(bash deploy/tools/install.sh kubernetes-validate)"
+export HOOKBRIDGE_HELM="$helm" HOOKBRIDGE_PROMTOOL="$promtool" HOOKBRIDGE_KUBERNETES_VALIDATE="$validate"
 
-"$helm" lint --strict "$chart"
-"$helm" template hookbridge "$chart" >/dev/null
-"$helm" template hookbridge "$chart" \
-  --set ingress.enabled=true --set networkPolicy.enabled=true >/dev/null
-echo "check: helm lint and helm template passed" >&2
+"$HOOKBRIDGE_PROMTOOL" check rules deploy/prometheus/hookbridge-rules.yaml
+"$HOOKBRIDGE_PROMTOOL" test rules deploy/prometheus/hookbridge-rules.test.yaml
 
 cargo test --test deploy

@@ -67,6 +67,14 @@ Guards for mistakes that would only show in production:
   written in whole seconds, like "5s"; tests/deploy.rs checks every form).
 */}}
 {{- define "hookbridge.validate" -}}
+{{- range list "sinks" "routes" }}
+{{- if hasKey $.Values.config . }}
+{{- fail (printf "config.%s: give %s as the top-level value `%s`, which replaces the chart's default as a whole" . . .) }}
+{{- end }}
+{{- end }}
+{{- if or (not .Values.sinks) (not .Values.routes) }}
+{{- fail "sinks and routes are required: give the bridge's `sinks` (a map) and `routes` (a list); each replaces the default as a whole. Complete examples: the chart's ci/*-values.yaml" }}
+{{- end }}
 {{- $admin := toString (.Values.config.admin_listen | default "127.0.0.1:9090") }}
 {{- if or (hasPrefix "127." $admin) (hasPrefix "localhost" $admin) (hasPrefix "[::1]" $admin) }}
 {{- fail (printf "config.admin_listen is %q: in a pod it must listen on all interfaces (0.0.0.0:PORT) so that the kubelet's probes reach /healthz and /readyz" $admin) }}
@@ -76,6 +84,45 @@ Guards for mistakes that would only show in production:
 {{- $need := add (int (trimSuffix "s" $ack)) (int .Values.preStopSleepSeconds) 1 }}
 {{- if le (int .Values.terminationGracePeriodSeconds) $need }}
 {{- fail (printf "terminationGracePeriodSeconds (%d) must exceed preStopSleepSeconds + ack_timeout + 1s (%d)" (int .Values.terminationGracePeriodSeconds) $need) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* hookbridge's config file: `config` plus the `sinks` and `routes` values, each given whole. */}}
+{{- define "hookbridge.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- $_ := set $config "sinks" .Values.sinks }}
+{{- $_ := set $config "routes" .Values.routes }}
+{{- toYaml $config }}
+{{- end }}
+
+{{/* The pods' service account. */}}
+{{- define "hookbridge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "hookbridge.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+The signing secrets the chart's Secret holds, as a dict {current, previous}: the values given,
+else (an upgrade that gives none) the data of the release's existing Secret, unchanged; else
+a failure naming both ways to provide them.
+*/}}
+{{- define "hookbridge.secretData" -}}
+{{- if .Values.secrets.current }}
+{{- $current := toString .Values.secrets.current }}
+{{- if not (hasPrefix "whsec_" $current) }}
+{{- fail "secrets.current must be a Stripe signing secret (whsec_...)" }}
+{{- end }}
+{{- toJson (dict "current" ($current | b64enc) "previous" (.Values.secrets.previous | default $current | toString | b64enc)) }}
+{{- else }}
+{{- $existing := lookup "v1" "Secret" .Release.Namespace (include "hookbridge.secretName" .) }}
+{{- if and $existing $existing.data }}
+{{- toJson (dict "current" (index $existing.data "current") "previous" (index $existing.data "previous")) }}
+{{- else }}
+{{- fail "no signing secret: set secrets.existingSecret to the name of a Secret with keys current and previous, or pass the secret with --set secrets.current=whsec_... (from the Stripe dashboard)" }}
 {{- end }}
 {{- end }}
 {{- end }}
