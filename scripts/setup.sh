@@ -11,8 +11,10 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 log() { echo "setup: $*" >&2; }
 
-# Build dependencies of librdkafka (built from source by rdkafka's cmake-build feature).
-packages=(build-essential cmake pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev)
+# Build dependencies of librdkafka (built from source by rdkafka's cmake-build feature: OpenSSL
+# for TLS and SASL, zlib for gzip, libcurl for OAUTHBEARER OIDC; zstd is built from its bundled
+# source), and openssl for the test certificates of deploy/local/certs.sh.
+packages=(build-essential cmake pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -29,6 +31,8 @@ for tool in cargo go java mvn node npm python3; do
   command -v "$tool" >/dev/null || { log "missing $tool: install it first (see README)"; exit 1; }
 done
 
+log "test certificates (deploy/local/certs.sh)"
+"$here/deploy/local/certs.sh" >/dev/null
 log "Kafka broker jars"
 "$here/deploy/local/kafka.sh" fetch
 log "RabbitMQ server"
