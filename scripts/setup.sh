@@ -15,8 +15,10 @@ log() { echo "setup: $*" >&2; }
 build_only=false
 [ "${1:-}" = "--build-only" ] && build_only=true
 
-# Build dependencies of librdkafka (built from source by rdkafka's cmake-build feature).
-packages=(build-essential cmake pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev)
+# Build dependencies of librdkafka (built from source by rdkafka's cmake-build feature: OpenSSL
+# for TLS and SASL, zlib for gzip, libcurl for OAUTHBEARER OIDC; zstd is built from its bundled
+# source), and openssl for the test certificates of deploy/local/certs.sh.
+packages=(build-essential cmake pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -39,6 +41,8 @@ if $build_only; then
   exit 0
 fi
 
+log "test certificates (deploy/local/certs.sh)"
+"$here/deploy/local/certs.sh" >/dev/null
 log "Kafka broker jars"
 "$here/deploy/local/kafka.sh" fetch
 log "RabbitMQ server"

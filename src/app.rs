@@ -110,6 +110,11 @@ pub struct Live {
     pub max_body_bytes: u64,
     pub ack_timeout: Duration,
     pub http: HttpSettings,
+    /// The settings all of this was built from, for rebuilding a sink whose credential files
+    /// changed.
+    settings: Settings,
+    /// What each sink's credential files held when it was built (same order as `sinks`).
+    sink_credentials: Vec<crate::sink::CredentialStamp>,
 }
 
 impl Live {
@@ -138,7 +143,31 @@ impl Live {
             max_body_bytes: settings.max_body_bytes,
             ack_timeout: settings.ack_timeout,
             http: settings.http.clone(),
+            settings: settings.clone(),
+            sink_credentials: settings.sinks.iter().map(crate::sink::CredentialStamp::read).collect(),
         }
+    }
+
+    /// The running settings, with each endpoint's secrets as they are now (a secret file may
+    /// have changed since they were loaded).
+    fn current_settings(&self) -> Settings {
+        let mut settings = self.settings.clone();
+        for e in &mut settings.endpoints {
+            if let Some(live) = self.endpoints.get(&e.path) {
+                e.secrets = live.secrets.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            }
+        }
+        settings
+    }
+
+    /// Names of the sinks whose credential files changed since they were built.
+    fn changed_credentials(&self) -> Vec<String> {
+        self.sink_settings
+            .iter()
+            .zip(&self.sink_credentials)
+            .filter(|(_, stamp)| stamp.changed())
+            .map(|(s, _)| s.name.clone())
+            .collect()
     }
 }
 
@@ -158,6 +187,9 @@ pub struct State {
     retired: std::sync::Mutex<Vec<Arc<dyn Sink>>>,
     /// The TLS certificate being served, if any.
     tls: Option<Arc<crate::http::tls::ReloadingCert>>,
+    /// Held while sinks are rebuilt and swapped, so that a config reload and a credential
+    /// rotation never build from the same old state at once.
+    reloading: tokio::sync::Mutex<()>,
     /// The log settings the process started with: logging is set up once.
     log: LogSettings,
 }
@@ -183,6 +215,7 @@ impl State {
             max_header_bytes: settings.http.max_header_bytes,
             retired: std::sync::Mutex::new(Vec::new()),
             tls: None,
+            reloading: tokio::sync::Mutex::new(()),
             log: settings.log.clone(),
         }
     }
@@ -230,23 +263,34 @@ impl State {
     /// The dedup window takes its new limits at once. Listener settings (addresses, TLS paths, header
     /// limits, the concurrency cap) and log settings need a restart (a changed `log` is logged).
     pub async fn reload(self: &Arc<Self>, settings: Settings) -> Result<(), String> {
+        self.reload_rebuilding(settings, &[]).await
+    }
+
+    /// [`Self::reload`], also rebuilding the sinks named in `rebuild` even where their settings
+    /// did not change (their credential files did).
+    async fn reload_rebuilding(self: &Arc<Self>, settings: Settings, rebuild: &[String]) -> Result<(), String> {
         if self.draining.load(Ordering::SeqCst) {
             return Err("shutting down".into());
         }
+        let _one_at_a_time = self.reloading.lock().await;
         let old = self.live();
         let mut sinks = Vec::with_capacity(settings.sinks.len());
+        let mut stamps = Vec::with_capacity(settings.sinks.len());
         let mut built: Vec<Arc<dyn Sink>> = Vec::new();
         for s in &settings.sinks {
             if let Some(i) = old
                 .sink_settings
                 .iter()
-                .position(|o| o.name == s.name && o.config == s.config)
+                .position(|o| o.name == s.name && o.config == s.config && !rebuild.contains(&s.name))
             {
-                if let Some(kept) = old.sinks.get(i) {
+                if let (Some(kept), Some(stamp)) = (old.sinks.get(i), old.sink_credentials.get(i)) {
                     sinks.push(kept.clone());
+                    stamps.push(stamp.clone());
                     continue;
                 }
             }
+            // Read before building: a file that changes while the sink is built is noticed.
+            stamps.push(crate::sink::CredentialStamp::read(s));
             let ready = match crate::sink::build(s, settings.ack_timeout).await {
                 Ok(sink) => {
                     built.push(sink.clone());
@@ -270,7 +314,9 @@ impl State {
             .filter(|o| !sinks.iter().any(|n| Arc::ptr_eq(n, o)))
             .cloned()
             .collect();
-        self.replace_live(Live::new(&settings, sinks));
+        let mut live = Live::new(&settings, sinks);
+        live.sink_credentials = stamps;
+        self.replace_live(live);
         self.reload_process_settings(&settings);
         if !replaced.is_empty() {
             self.retired
@@ -295,6 +341,33 @@ impl State {
             });
         }
         Ok(())
+    }
+
+    /// Rebuilds the sinks whose credential files (passwords, client certificates and keys, CA
+    /// bundles) changed, through the reload path: a new sink must be healthy before it is swapped
+    /// in, requests that started on the old one finish on it, and it is closed after them. A sink
+    /// that is not healthy with the new files is not swapped; the next poll tries again.
+    pub async fn rotate_credentials(self: &Arc<Self>) {
+        let live = self.live();
+        let changed = match tokio::task::spawn_blocking(move || live.changed_credentials()).await {
+            Ok(c) if !c.is_empty() => c,
+            _ => return,
+        };
+        let settings = self.live().current_settings();
+        for name in &changed {
+            tracing::info!(sink = %name, "credential files changed; building a new connection with them");
+        }
+        match self.reload_rebuilding(settings, &changed).await {
+            Ok(()) => {
+                for name in &changed {
+                    tracing::info!(sink = %name, "credential files changed; the new connection is in use");
+                }
+            }
+            Err(e) => tracing::warn!(
+                error = %e,
+                "credential files changed, but the sink built with them is not usable; keeping the running one and retrying"
+            ),
+        }
     }
 
     /// One pass of the file watcher: re-reads secret files and TLS files, swapping what changed.
@@ -437,9 +510,13 @@ async fn watch_files(state: Arc<State>, mut stop: watch::Receiver<bool>) {
             _ = tokio::time::sleep(FILE_POLL_INTERVAL) => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        let state = state.clone();
+        let polled = state.clone();
         // File reads block; keep them off the request threads.
-        let _ = tokio::task::spawn_blocking(move || state.poll_files()).await;
+        let _ = tokio::task::spawn_blocking(move || polled.poll_files()).await;
+        tokio::select! {
+            _ = state.rotate_credentials() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
     }
 }
 

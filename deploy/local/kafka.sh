@@ -15,12 +15,23 @@
 #   reset                     stop and wipe all broker data (topics, offsets)
 #   fetch                     only download/cache the jars
 #   create-topic NAME [PARTS] create a topic if it does not exist (RF 1)
+#   scram-user NAME PASSWORD  create a SCRAM-SHA-256 and -512 user, or change its password
+#
+# Listeners, all on 127.0.0.1 (PORT is HOOKBRIDGE_KAFKA_PORT, below):
+#   PORT     PLAINTEXT
+#   PORT+1   CONTROLLER (KRaft, plaintext)
+#   PORT+2   SASL_SSL: SCRAM-SHA-256, SCRAM-SHA-512, PLAIN and OAUTHBEARER (unsecured JWTs,
+#            Kafka's test validator: any unsigned token whose `sub` claim is set)
+#   PORT+3   SSL with a required client certificate (mutual TLS)
+# The certificates come from deploy/local/certs.sh (clients trust its ca.pem). Test users:
+#   SCRAM-SHA-256 and SCRAM-SHA-512  hookbridge / hb-scram-secret-4d1c  (made after the first start)
+#   PLAIN                            hookbridge / hb-plain-secret-9e27
 #
 # Environment (all optional):
 #   HOOKBRIDGE_CACHE          cache root            (default ~/.cache/hookbridge)
 #   HOOKBRIDGE_KAFKA_DIR      run dir: data, config, log, pid
 #                                                   (default $HOOKBRIDGE_CACHE/kafka/run)
-#   HOOKBRIDGE_KAFKA_PORT     client port           (default 9092; controller uses PORT+1)
+#   HOOKBRIDGE_KAFKA_PORT     client port           (default 9092; the others are PORT+1..3)
 #   HOOKBRIDGE_KAFKA_TIMEOUT  seconds to wait for readiness (default 60)
 #
 # Data survives stop/kill + start; only `reset` deletes it.
@@ -37,6 +48,8 @@ RUN="${HOOKBRIDGE_KAFKA_DIR:-$CACHE/kafka/run}"
 HOST=127.0.0.1
 PORT="${HOOKBRIDGE_KAFKA_PORT:-9092}"
 CONTROLLER_PORT=$((PORT + 1))
+SASL_SSL_PORT=$((PORT + 2))
+SSL_PORT=$((PORT + 3))
 BOOTSTRAP="$HOST:$PORT"
 READY_TIMEOUT="${HOOKBRIDGE_KAFKA_TIMEOUT:-60}"
 STOP_TIMEOUT=30
@@ -45,11 +58,20 @@ DATA="$RUN/data"
 PIDFILE="$RUN/kafka.pid"
 LOG="$RUN/kafka.log"
 
+CERTS_SH="$SCRIPT_DIR/certs.sh"
+CERTS="$CACHE/certs"
+# Test users of the secured listeners (tests/kafka_support has the same values).
+SCRAM_USER=hookbridge
+SCRAM_PASSWORD=hb-scram-secret-4d1c
+PLAIN_USER=hookbridge
+PLAIN_PASSWORD=hb-plain-secret-9e27
+
 # Main classes (Kafka 4.x): broker, storage formatter (Scala, in kafka_2.13),
 # topic admin (Java, in kafka-tools).
 BROKER_MAIN=kafka.Kafka
 STORAGE_MAIN=kafka.tools.StorageTool
 TOPIC_MAIN=org.apache.kafka.tools.TopicCommand
+CONFIG_MAIN=org.apache.kafka.tools.ConfigCommand
 
 JAVA="${JAVA_HOME:+$JAVA_HOME/bin/}java"
 
@@ -102,9 +124,9 @@ write_configs() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@$HOST:$CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_SSL://$HOST:$SASL_SSL_PORT,SSL://$HOST:$SSL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,SASL_SSL://$HOST:$SASL_SSL_PORT,SSL://$HOST:$SSL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 log.dirs=$DATA
@@ -128,6 +150,21 @@ broker.heartbeat.interval.ms=500
 log.segment.bytes=67108864
 log.retention.bytes=536870912
 log.retention.check.interval.ms=30000
+# Secured listeners (certificates from certs.sh). The broker certificate is for localhost and
+# 127.0.0.1; clients must trust certs/ca.pem. Inter-broker and controller traffic stay plaintext.
+ssl.keystore.type=PKCS12
+ssl.keystore.location=$CERTS/server.p12
+ssl.keystore.password=$(cat "$CERTS/p12.password")
+ssl.key.password=$(cat "$CERTS/p12.password")
+ssl.truststore.type=PEM
+ssl.truststore.location=$CERTS/ca.pem
+listener.name.ssl.ssl.client.auth=required
+sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512,PLAIN,OAUTHBEARER
+listener.name.sasl_ssl.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_ssl.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$PLAIN_USER="$PLAIN_PASSWORD";
+# No callback handler: Kafka checks OAUTHBEARER tokens with its unsecured (test-only) validator.
+listener.name.sasl_ssl.oauthbearer.sasl.jaas.config=org.apache.kafka.common.security.oauthbearer.OAuthBearerLoginModule required unsecuredLoginStringClaim_sub="$SCRAM_USER";
 EOF
   # Broker log: everything at INFO to stdout, which start() sends to $LOG.
   cat >"$RUN/log4j2.properties" <<'EOF'
@@ -221,7 +258,10 @@ wait_ready() {
 }
 
 # Wait up to $1 seconds for the broker to exit and release its ports.
-gone() { [[ -z "$(broker_pid)" ]] && ! port_open "$PORT" && ! port_open "$CONTROLLER_PORT"; }
+gone() {
+  [[ -z "$(broker_pid)" ]] && ! port_open "$PORT" && ! port_open "$CONTROLLER_PORT" &&
+    ! port_open "$SASL_SSL_PORT" && ! port_open "$SSL_PORT"
+}
 wait_exit() {
   local deadline=$((SECONDS + $1))
   until gone; do
@@ -242,16 +282,20 @@ lock_run() {
 cmd_start() {
   local t0=$SECONDS pid
   fetch
+  "$CERTS_SH" "$CERTS" >/dev/null
   lock_run
   write_configs
   pid="$(broker_pid)"
   if [[ -n "$pid" ]]; then
     wait_ready
+    ensure_users
     say "already running (pid $pid) on $BOOTSTRAP"
     return 0
   fi
-  port_open "$PORT" && die "port $PORT is in use by another process (not our broker)"
-  port_open "$CONTROLLER_PORT" && die "port $CONTROLLER_PORT is in use by another process"
+  local p
+  for p in "$PORT" "$CONTROLLER_PORT" "$SASL_SSL_PORT" "$SSL_PORT"; do
+    port_open "$p" && die "port $p is in use by another process (not our broker)"
+  done
   format_if_needed
   [[ -f "$LOG" ]] && mv -f "$LOG" "$LOG.1"   # keep the previous run's log
   # A pid file left by a broker that was killed from outside (SIGKILL, a machine
@@ -275,6 +319,7 @@ cmd_start() {
     die "the broker's launcher wrote no pid file within 10 s"
   fi
   if ! wait_ready_or_cleanup; then exit 1; fi
+  ensure_users
   say "started Kafka $KAFKA_VERSION (pid $(cat "$PIDFILE")) on $BOOTSTRAP in $((SECONDS - t0))s; log: $LOG"
 }
 
@@ -350,6 +395,32 @@ cmd_create_topic() {
   say "topic $name ready ($parts partition(s))"
 }
 
+# SCRAM credentials live in the cluster metadata; they are set through the PLAINTEXT listener.
+# Kafka refuses two mechanisms of one user in one request: one call each.
+set_scram() {
+  local m
+  for m in SCRAM-SHA-256 SCRAM-SHA-512; do
+    tool "$CONFIG_MAIN" --bootstrap-server "$BOOTSTRAP" --command-config "$RUN/admin.properties" \
+      --alter --entity-type users --entity-name "$1" --add-config "$m=[password=$2]" >/dev/null || return 1
+  done
+}
+
+# The test user is made once per data dir (a marker file records it).
+ensure_users() {
+  local marker="$DATA/.hookbridge-users-v1"
+  [[ -f "$marker" ]] && return 0
+  set_scram "$SCRAM_USER" "$SCRAM_PASSWORD" || die "cannot create the SCRAM test user"
+  touch "$marker"
+  say "SCRAM-SHA-256/512 user $SCRAM_USER created"
+}
+
+cmd_scram_user() {
+  [[ $# -eq 2 && -n "$1" && -n "$2" ]] || die "usage: kafka.sh scram-user NAME PASSWORD"
+  [[ -n "$(broker_pid)" ]] || die "broker is not running (run: $0 start)"
+  set_scram "$1" "$2"
+  say "SCRAM user $1 set"
+}
+
 cmd_reset() {
   cmd_stop
   rm -rf "$DATA"
@@ -366,6 +437,7 @@ case "${1:-}" in
   reset) cmd_reset ;;
   fetch) fetch ;;
   create-topic) shift; cmd_create_topic "$@" ;;
+  scram-user) shift; cmd_scram_user "$@" ;;
   *)
     sed -n '/^# Usage/,/^# Data survives/s/^# \{0,1\}//p' "$0" >&2
     exit 2

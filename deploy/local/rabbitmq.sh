@@ -5,7 +5,11 @@
 #   deploy/local/rabbitmq.sh ctl ARGS...   # rabbitmqctl against this node,
 #                                          # e.g. ctl list_queues name messages
 #
-# AMQP listens on 127.0.0.1:5672 (guest/guest). No systemd: the node runs as
+# AMQP listens on 127.0.0.1:5672 (guest/guest), AMQPS on 127.0.0.1:5671 with the test CA of
+# deploy/local/certs.sh. Test users (made once per data dir):
+#   hookbridge / hb-amqp-secret-71b0   password login (over TLS or not)
+#   hookbridge-client                  no password: EXTERNAL login with certs/client.pem (CN)
+# No systemd: the node runs as
 # root in the background, node name rabbit@localhost, with data and logs under
 # ${HOOKBRIDGE_CACHE:-$HOME/.cache/hookbridge}/rabbitmq. Data survives
 # stop/start/kill; only `reset` wipes it.
@@ -16,6 +20,12 @@ BASE="${HOOKBRIDGE_CACHE:-${HOME:-/root}/.cache/hookbridge}/rabbitmq"
 RMQ_BIN=/usr/lib/rabbitmq/bin      # the real scripts; /usr/sbin/* would su to user rabbitmq
 NODE=rabbit@localhost
 PORT=5672
+TLS_PORT=5671
+CERTS="${HOOKBRIDGE_CACHE:-${HOME:-/root}/.cache/hookbridge}/certs"
+# Test users (tests/amqp_support has the same values).
+PASSWORD_USER=hookbridge
+PASSWORD_USER_SECRET=hb-amqp-secret-71b0
+CERT_USER=hookbridge-client
 TIMEOUT="${RABBITMQ_WAIT_TIMEOUT:-60}"  # seconds for start/wait/stop
 PID_FILE="$BASE/beam.pid"
 LOG_DIR="$BASE/log"
@@ -24,7 +34,8 @@ LOG_DIR="$BASE/log"
 export HOME="$BASE"                          # .erlang.cookie lives here
 export RABBITMQ_NODENAME="$NODE"
 export RABBITMQ_CONF_ENV_FILE=/dev/null      # ignore /etc/rabbitmq/rabbitmq-env.conf
-export RABBITMQ_CONFIG_FILE="$SCRIPT_DIR/rabbitmq/rabbitmq.conf"
+# Written on every start from $SCRIPT_DIR/rabbitmq/rabbitmq.conf with the certificates' path.
+export RABBITMQ_CONFIG_FILE="$BASE/rabbitmq.conf"
 export RABBITMQ_ADVANCED_CONFIG_FILE="$BASE/advanced.config"   # absent = none
 export RABBITMQ_ENABLED_PLUGINS_FILE="$BASE/enabled_plugins"
 export RABBITMQ_MNESIA_BASE="$BASE/mnesia"
@@ -125,21 +136,41 @@ wait_gone() {
   done
 }
 
+# The test users, once per data dir (a marker file records it).
+ensure_users() {
+  local marker="$RABBITMQ_MNESIA_BASE/.hookbridge-users-v1"
+  [[ -f $marker ]] && return 0
+  ctl add_user "$PASSWORD_USER" "$PASSWORD_USER_SECRET" >/dev/null 2>&1 ||
+    ctl change_password "$PASSWORD_USER" "$PASSWORD_USER_SECRET" >/dev/null
+  ctl add_user "$CERT_USER" "unused-$RANDOM$RANDOM" >/dev/null 2>&1 || true
+  ctl clear_password "$CERT_USER" >/dev/null
+  local u
+  for u in "$PASSWORD_USER" "$CERT_USER"; do
+    ctl set_permissions -p / "$u" '.*' '.*' '.*' >/dev/null
+  done
+  touch "$marker"
+  log "test users $PASSWORD_USER and $CERT_USER created"
+}
+
 start() {
   install_if_missing
+  "$SCRIPT_DIR/certs.sh" "$CERTS" >/dev/null
   if [[ -n "$(server_pid)" ]]; then
-    wait_ready; return
+    wait_ready; ensure_users; return
   fi
   if amqp_ok; then
     log "port $PORT is already served by a broker not started by this script"; return 1
   fi
   mkdir -p "$BASE" "$LOG_DIR" "$RABBITMQ_MNESIA_BASE"
-  [[ -e $RABBITMQ_ENABLED_PLUGINS_FILE ]] || echo '[].' >"$RABBITMQ_ENABLED_PLUGINS_FILE"
+  sed "s|@CERTS@|$CERTS|g" "$SCRIPT_DIR/rabbitmq/rabbitmq.conf" >"$RABBITMQ_CONFIG_FILE"
+  # EXTERNAL (certificate) login.
+  echo '[rabbitmq_auth_mechanism_ssl].' >"$RABBITMQ_ENABLED_PLUGINS_FILE"
   # Start detached from this shell (own session, no inherited fds).
   (cd "$BASE" && exec setsid "$RMQ_BIN/rabbitmq-server" </dev/null >"$LOG_DIR/startup.log" 2>&1) &
   echo $! >"$PID_FILE"
   wait_ready
-  log "started (beam pid $(beam_pid))"
+  ensure_users
+  log "started (beam pid $(beam_pid)); AMQP on 127.0.0.1:$PORT, AMQPS on 127.0.0.1:$TLS_PORT"
 }
 
 stop() {

@@ -71,6 +71,10 @@ const FORCED_BY_BRIDGE: &[(&str, &str)] = &[
     ("dr_msg_cb", "hookbridge installs its own delivery report handling"),
 ];
 
+/// SASL mechanisms this build of librdkafka has: GSSAPI (Kerberos) needs libsasl2 and is not
+/// built in.
+pub const SASL_MECHANISMS: [&str; 4] = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"];
+
 /// Option keys whose values are secrets.
 pub fn is_sensitive(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
@@ -217,6 +221,29 @@ impl KafkaSinkConfig {
         )
     }
 
+    /// Files the producer reads its credentials from: `secret_options` given as `file`, and the
+    /// `options` that name files (`ssl.ca.location`, `ssl.certificate.location`,
+    /// `ssl.key.location`, `ssl.keystore.location`, `ssl.crl.location`; a CA *directory* is not
+    /// watched). When one changes, the sink is rebuilt (see `app::State::poll_files`).
+    pub fn credential_files(&self) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<std::path::PathBuf> = self.secret_options.values().filter_map(|s| s.file.clone()).collect();
+        for key in [
+            "ssl.ca.location",
+            "ssl.certificate.location",
+            "ssl.key.location",
+            "ssl.keystore.location",
+            "ssl.crl.location",
+        ] {
+            if let Some(v) = self.option(key) {
+                let path = std::path::PathBuf::from(v);
+                if !path.is_dir() && v != "probe" {
+                    files.push(path);
+                }
+            }
+        }
+        files
+    }
+
     /// The values of `secret_options`, read now.
     pub fn secret_properties(&self) -> Result<Vec<(String, String)>, String> {
         self.secret_options
@@ -255,6 +282,21 @@ impl KafkaSinkConfig {
                 }) {
                     Ok(v) => secret_values.push((key.clone(), v)),
                     Err(e) => problems.push(&at, e),
+                }
+            }
+        }
+        for key in ["sasl.mechanism", "sasl.mechanisms"] {
+            if let Some(v) = self.option(key) {
+                if !SASL_MECHANISMS.iter().any(|m| m.eq_ignore_ascii_case(v)) {
+                    let why = if v.eq_ignore_ascii_case("GSSAPI") {
+                        "GSSAPI (Kerberos) is not built into hookbridge".to_string()
+                    } else {
+                        format!("`{v}` is not a SASL mechanism hookbridge supports")
+                    };
+                    problems.push(
+                        format!("{path}.options.{key}"),
+                        format!("{why}; use one of {}, or mutual TLS", SASL_MECHANISMS.join(", ")),
+                    );
                 }
             }
         }
@@ -530,6 +572,47 @@ mod tests {
             assert_eq!(s.endpoints[0].secrets[0].expose(), b"whsec_example_from_env");
             Ok(())
         });
+    }
+
+    #[test]
+    fn gssapi_and_unknown_mechanisms_are_refused_with_the_key() {
+        for key in ["sasl.mechanism", "sasl.mechanisms"] {
+            let c = parse(&format!(r#"{{"brokers":"b:9092","options":{{"{key}":"GSSAPI"}}}}"#));
+            let p = problems(&c, FIVE);
+            assert_eq!(p.len(), 1, "one line: {p:?}");
+            assert!(
+                p[0].starts_with(&format!(
+                    "sinks.k.options.{key}: GSSAPI (Kerberos) is not built into hookbridge"
+                )),
+                "{p:?}"
+            );
+        }
+        let c = parse(r#"{"brokers":"b:9092","options":{"sasl.mechanism":"NOPE"}}"#);
+        assert!(problems(&c, FIVE)[0].contains("`NOPE` is not a SASL mechanism"));
+        for m in ["SCRAM-SHA-512", "scram-sha-256", "PLAIN", "OAUTHBEARER"] {
+            let c = parse(&format!(
+                r#"{{"brokers":"b:9092","options":{{"security.protocol":"sasl_ssl","sasl.mechanism":"{m}"}}}}"#
+            ));
+            assert!(problems(&c, FIVE).is_empty(), "{m}: {:?}", problems(&c, FIVE));
+        }
+    }
+
+    #[test]
+    fn credential_files_are_secret_files_and_ssl_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = parse(&format!(
+            r#"{{"brokers":"b:9092","options":{{"ssl.ca.location":"/etc/ca.pem","ssl.key.location":"/k.pem",
+                 "ssl.certificate.location":"/c.pem","sasl.username":"u"}},
+                "secret_options":{{"sasl.password":{{"file":"/pw"}},"ssl.key.password":{{"value":"x"}}}}}}"#
+        ));
+        let mut files: Vec<String> = c.credential_files().iter().map(|p| p.display().to_string()).collect();
+        files.sort();
+        assert_eq!(files, ["/c.pem", "/etc/ca.pem", "/k.pem", "/pw"]);
+        let c = parse(&format!(
+            r#"{{"brokers":"b:9092","options":{{"ssl.ca.location":"{}"}}}}"#,
+            dir.path().display()
+        ));
+        assert!(c.credential_files().is_empty(), "a CA directory is not watched");
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Config of the `rabbitmq` sink.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -13,13 +14,19 @@ use super::Problems;
 #[serde(deny_unknown_fields)]
 pub struct RabbitMqSinkConfig {
     /// `amqp://user:pass@host:port/vhost` or `amqps://…` (TLS, verified against the system's
-    /// roots). The vhost is URL-encoded: `/` is `%2f`. Query options such as `?heartbeat=30` are
-    /// passed to the client. Printed with the password redacted.
+    /// roots unless `tls.ca_file` is set). The vhost is URL-encoded: `/` is `%2f`. Query options
+    /// such as `?heartbeat=30` are passed to the client; `?auth_mechanism=external` logs in with
+    /// the client certificate of `tls` instead of a password. Printed with the password redacted.
     pub url: String,
     /// The password, from `env`, `file` or `value`, instead of in `url` (which then names only
-    /// the user: `amqps://bridge@host/vhost`). Read at start-up.
+    /// the user: `amqps://bridge@host/vhost`). Read at start-up; a `file` is watched, and the
+    /// sink reconnects with the new password when it changes.
     #[serde(default)]
     pub password: Option<SecretSource>,
+    /// TLS settings for an `amqps://` url: a private CA, a client certificate. Files are read
+    /// at start-up and watched; when one changes the sink reconnects with the new ones.
+    #[serde(default)]
+    pub tls: Option<AmqpTlsConfig>,
     /// Exchange to publish to; declared durable with `exchange_type` unless it already exists.
     /// The empty string is RabbitMQ's default exchange (routing key = queue name), never declared.
     pub exchange: String,
@@ -40,6 +47,23 @@ pub struct RabbitMqSinkConfig {
     /// Longest pause between reconnection attempts; the backoff starts at 100ms and doubles.
     #[serde(default = "default_reconnect_max_delay", deserialize_with = "duration")]
     pub reconnect_max_delay: Duration,
+}
+
+/// TLS of the `rabbitmq` sink (PEM files).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpTlsConfig {
+    /// The CA certificate(s) that signed the broker's certificate. When set, only these are
+    /// trusted, not the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (chain) to present: for `auth_mechanism=external`, or a broker that
+    /// requires client certificates. Needs `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key of `cert_file` (PKCS#8, PKCS#1 or SEC1; not encrypted).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 /// A queue declared and bound by the sink.
@@ -83,6 +107,7 @@ impl std::fmt::Debug for RabbitMqSinkConfig {
         f.debug_struct("RabbitMqSinkConfig")
             .field("url", &redact_url(&self.url))
             .field("password", &self.password)
+            .field("tls", &self.tls)
             .field("exchange", &self.exchange)
             .field("exchange_type", &self.exchange_type)
             .field("queues", &self.queues)
@@ -110,6 +135,23 @@ impl RabbitMqSinkConfig {
             }
             if let Err(e) = source.load() {
                 problems.push(format!("{path}.password"), e);
+            }
+        }
+        if let Some(tls) = &self.tls {
+            if self.url.starts_with("amqp://") {
+                problems.push(
+                    format!("{path}.tls"),
+                    "is set but the url is amqp://; use amqps:// for TLS",
+                );
+            }
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), None) => problems.push(format!("{path}.tls.key_file"), "is needed with cert_file"),
+                (None, Some(_)) => problems.push(format!("{path}.tls.cert_file"), "is needed with key_file"),
+                _ => {}
+            }
+            #[cfg(feature = "amqp")]
+            if let Err((key, e)) = crate::sink::amqp::tls_connector(tls) {
+                problems.push(format!("{path}.tls.{key}"), e);
             }
         }
         if self.exchange.len() > 255 {
@@ -165,6 +207,21 @@ impl RabbitMqSinkConfig {
 }
 
 impl RabbitMqSinkConfig {
+    /// Files the sink reads its credentials from (the password `file`, the `tls` files). When one
+    /// changes the sink is rebuilt (see `app::State::poll_files`).
+    pub fn credential_files(&self) -> Vec<PathBuf> {
+        let mut files: Vec<PathBuf> = self.password.iter().filter_map(|p| p.file.clone()).collect();
+        if let Some(tls) = &self.tls {
+            files.extend(
+                [&tls.ca_file, &tls.cert_file, &tls.key_file]
+                    .into_iter()
+                    .flatten()
+                    .cloned(),
+            );
+        }
+        files
+    }
+
     /// One line for `check-config`: URL (password redacted), exchange and declared topology.
     pub fn summary(&self) -> String {
         let mut out = format!(
@@ -182,6 +239,17 @@ impl RabbitMqSinkConfig {
             self.exchange_type,
             self.max_in_flight
         );
+        if let Some(tls) = &self.tls {
+            let files: Vec<String> = [
+                ("ca_file", &tls.ca_file),
+                ("cert_file", &tls.cert_file),
+                ("key_file", &tls.key_file),
+            ]
+            .into_iter()
+            .filter_map(|(k, f)| f.as_ref().map(|f| format!("{k} {}", f.display())))
+            .collect();
+            out.push_str(&format!(" tls {{{}}}", files.join(", ")));
+        }
         for q in &self.queues {
             out.push_str(&format!("; queue {} ({})", q.name, q.queue_type));
             if !q.bindings.is_empty() {

@@ -20,6 +20,36 @@ use futures::future::BoxFuture;
 use crate::config::{RawSink, SinkSettings};
 use crate::event::EventMeta;
 
+/// What a sink's credential files held when it was built: a SHA-256 of each file, `None` for one
+/// that could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CredentialStamp(Vec<(std::path::PathBuf, Option<[u8; 32]>)>);
+
+impl CredentialStamp {
+    /// Reads the credential files of `settings` now.
+    pub fn read(settings: &SinkSettings) -> Self {
+        let files = match &settings.config {
+            RawSink::Kafka(k) => k.credential_files(),
+            RawSink::Rabbitmq(r) => r.credential_files(),
+            RawSink::File(_) | RawSink::Discard(_) => Vec::new(),
+        };
+        CredentialStamp(files.into_iter().map(|f| (f.clone(), digest(&f))).collect())
+    }
+
+    /// Whether a file now holds something else. A file that cannot be read now is not a change:
+    /// a file being replaced may be missing for a moment.
+    pub fn changed(&self) -> bool {
+        self.0
+            .iter()
+            .any(|(file, was)| digest(file).is_some_and(|now| Some(now) != *was))
+    }
+}
+
+fn digest(file: &std::path::Path) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    std::fs::read(file).ok().map(|bytes| sha2::Sha256::digest(bytes).into())
+}
+
 /// Whether retrying the same publish later may succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorClass {

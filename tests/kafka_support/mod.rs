@@ -221,3 +221,43 @@ pub fn stripe_python() -> PathBuf {
         });
     dir.join("venv/bin/python")
 }
+
+/// The SASL_SSL listener of the test broker (`deploy/local/kafka.sh`: PORT+2).
+pub fn sasl_ssl_brokers() -> String {
+    listener_at(2)
+}
+
+/// The mutual-TLS (SSL) listener of the test broker (`deploy/local/kafka.sh`: PORT+3).
+pub fn ssl_brokers() -> String {
+    listener_at(3)
+}
+
+fn listener_at(offset: u16) -> String {
+    let port: u16 = std::env::var("HOOKBRIDGE_KAFKA_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(9092);
+    format!("127.0.0.1:{}", port + offset)
+}
+
+/// Creates `topic` (one partition) on the test broker through the admin API and waits until the
+/// broker has it, so that a test's first publish does not race the topic's auto-creation.
+pub async fn create_topic(topic: &str) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("log_level", "3")
+        .create()
+        .expect("an admin client");
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
+    let results = admin
+        .create_topics(&[NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &options)
+        .await
+        .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
+    for r in results {
+        if let Err((t, e)) = r {
+            panic!("creating topic {t}: {e}");
+        }
+    }
+}

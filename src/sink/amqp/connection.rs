@@ -7,13 +7,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::tcp::{HandshakeResult, RustlsConnector, RustlsConnectorConfig, TcpStream};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::uri::AMQPUri;
+use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::message::{describe, is_not_found};
 use super::Shared;
-use crate::config::rabbitmq::RabbitMqSinkConfig;
+use crate::config::rabbitmq::{AmqpTlsConfig, RabbitMqSinkConfig};
 use crate::sink::SinkError;
 
 /// Heartbeat proposed when the URL sets none, so a silently dead peer is noticed within ~20 s.
@@ -115,6 +118,136 @@ pub fn parse_uri(url: &str, connect_timeout: Duration) -> Result<AMQPUri, String
     Ok(uri)
 }
 
+/// The TLS connector of an `amqps://` connection from the sink's `tls` settings: only the CAs of
+/// `ca_file` are trusted when it is set (else the system's roots), and the client certificate is
+/// presented when set. An error names the `tls` key at fault.
+pub fn tls_connector(tls: &AmqpTlsConfig) -> Result<RustlsConnector, (&'static str, String)> {
+    let read = |key: &'static str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            (
+                key,
+                format!(
+                    "cannot read {}: {}",
+                    path.display(),
+                    crate::config::secret::io_reason(&e)
+                ),
+            )
+        })
+    };
+    let identity = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert_file), Some(key_file)) => {
+            let pem = read("cert_file", cert_file)?;
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<_, _>>()
+                .map_err(|_| {
+                    (
+                        "cert_file",
+                        format!("{} is not a PEM certificate chain", cert_file.display()),
+                    )
+                })?;
+            if certs.is_empty() {
+                return Err(("cert_file", format!("{} holds no certificate", cert_file.display())));
+            }
+            let key = PrivateKeyDer::from_pem_slice(&read("key_file", key_file)?)
+                .map_err(|_| ("key_file", format!("{} is not a PEM private key", key_file.display())))?;
+            Some((certs, key))
+        }
+        _ => None,
+    };
+    let bad_identity = |e: std::io::Error| ("key_file", format!("the key does not fit the certificate: {e}"));
+    let Some(ca_file) = &tls.ca_file else {
+        let roots = RustlsConnectorConfig::new_with_native_certs()
+            .map_err(|e| ("ca_file", format!("cannot load the system's CA certificates: {e}")))?;
+        return match identity {
+            Some((certs, key)) => roots.connector_with_single_cert(certs, key).map_err(bad_identity),
+            None => Ok(roots.connector_with_no_client_auth()),
+        };
+    };
+    let pem = read("ca_file", ca_file)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(&pem) {
+        let cert = cert.map_err(|_| {
+            (
+                "ca_file",
+                format!("{} is not a PEM certificate file", ca_file.display()),
+            )
+        })?;
+        roots
+            .add(cert)
+            .map_err(|e| ("ca_file", format!("{}: {e}", ca_file.display())))?;
+    }
+    if roots.is_empty() {
+        return Err(("ca_file", format!("{} holds no certificate", ca_file.display())));
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ("ca_file", format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| ("key_file", format!("the key does not fit the certificate: {e}")))?,
+        None => builder.with_no_client_auth(),
+    };
+    Ok(RustlsConnector::from(config))
+}
+
+/// Opens the TCP connection and, for `amqps://`, the TLS session with `connector` (lapin's own
+/// connect, with our TLS settings).
+fn connect_with(uri: &AMQPUri, connector: &RustlsConnector) -> HandshakeResult {
+    let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
+    let stream = match uri.query.connection_timeout {
+        Some(ms) => TcpStream::connect_timeout(addr, Duration::from_millis(ms)),
+        None => TcpStream::connect(addr),
+    }?;
+    let stream = match uri.scheme {
+        AMQPScheme::AMQPS => stream.into_rustls(connector, &uri.authority.host)?,
+        AMQPScheme::AMQP => stream,
+    };
+    stream.set_nonblocking(true)?;
+    Ok(stream)
+}
+
+async fn open(
+    uri: &AMQPUri,
+    properties: ConnectionProperties,
+    tls: Option<&RustlsConnector>,
+) -> lapin::Result<Connection> {
+    match tls {
+        Some(connector) => {
+            let connector = connector.clone();
+            Connection::connector(
+                uri.clone(),
+                Box::new(move |uri| connect_with(uri, &connector)),
+                properties,
+            )
+            .await
+        }
+        None => Connection::connect_uri(uri.clone(), properties).await,
+    }
+}
+
+/// Names the usual causes of a failed connection before the client's own words: a broker
+/// certificate the client does not trust, a client certificate the broker refused, a refused login.
+pub fn connect_failure(detail: &str) -> String {
+    let d = detail.to_ascii_lowercase();
+    let cause = if d.contains("invalid peer certificate") {
+        if d.contains("expired") {
+            "broker certificate expired"
+        } else {
+            "certificate not trusted (the broker's certificate is not signed by a CA in tls.ca_file or the system's roots)"
+        }
+    } else if d.contains("alert") && (d.contains("certificate") || d.contains("unknownca") || d.contains("unknown ca"))
+    {
+        "client certificate refused by the broker"
+    } else if d.contains("access_refused") || d.contains("403") || d.contains("authentication") {
+        "authentication failed"
+    } else {
+        return detail.to_string();
+    };
+    format!("{cause}: {detail}")
+}
+
 fn exchange_kind(name: &str) -> ExchangeKind {
     match name {
         "topic" => ExchangeKind::Topic,
@@ -130,18 +263,23 @@ async fn connect(shared: &Shared, uri: &AMQPUri, config: &RabbitMqSinkConfig) ->
     let deadline = Instant::now() + config.connect_timeout;
     let properties =
         ConnectionProperties::default().with_connection_name(LongString::from(format!("hookbridge/{}", shared.name)));
-    let connection =
-        match tokio::time::timeout_at(deadline.into(), Connection::connect_uri(uri.clone(), properties)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return Err(format!("cannot connect to {}: {}", shared.endpoint, describe(&e))),
-            Err(_) => {
-                return Err(format!(
-                    "cannot connect to {}: no answer within {}",
-                    shared.endpoint,
-                    humantime::format_duration(config.connect_timeout)
-                ))
-            }
-        };
+    let connection = match tokio::time::timeout_at(deadline.into(), open(uri, properties, shared.tls.as_ref())).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Err(format!(
+                "cannot connect to {}: {}",
+                shared.endpoint,
+                connect_failure(&describe(&e))
+            ))
+        }
+        Err(_) => {
+            return Err(format!(
+                "cannot connect to {}: no answer within {}",
+                shared.endpoint,
+                humantime::format_duration(config.connect_timeout)
+            ))
+        }
+    };
     let wake = shared.wake.clone();
     connection.on_error(move |_| wake.notify_one());
     let conn = Conn {

@@ -30,6 +30,7 @@ use futures::FutureExt;
 use lapin::options::BasicPublishOptions;
 use tokio::sync::{watch, Notify, Semaphore};
 
+pub use self::connection::tls_connector;
 use self::connection::Conn;
 use super::{Envelope, Sink, SinkError};
 use crate::config::rabbitmq::{redact_url, RabbitMqSinkConfig};
@@ -45,6 +46,8 @@ struct Shared {
     endpoint: String,
     /// The live connection, when there is one.
     current: ArcSwapOption<Conn>,
+    /// TLS settings of `amqps://` connections, when the config has a `tls` block.
+    tls: Option<lapin::tcp::RustlsConnector>,
     /// Why there is no usable connection, for `health()` and 503 messages.
     last_error: Mutex<Option<String>>,
     /// Asks the supervisor to look at the connection now.
@@ -122,10 +125,15 @@ impl AmqpSink {
                 String::from_utf8(secret.expose().to_vec()).map_err(|_| "password: not valid UTF-8".to_string())?;
         }
         let endpoint = format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost);
+        let tls = match &config.tls {
+            Some(tls) => Some(tls_connector(tls).map_err(|(key, e)| format!("tls.{key}: {e}"))?),
+            None => None,
+        };
         let (stop, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             name: name.to_string(),
             endpoint,
+            tls,
             current: ArcSwapOption::empty(),
             last_error: Mutex::new(None),
             wake: Arc::new(Notify::new()),

@@ -2,7 +2,8 @@
 //!
 //! The rule is "permanent only when the same record can never succeed without a change of
 //! config or of the record": too large, a topic that does not exist or cannot exist, missing
-//! authorisation. Everything else (timeouts, transport, full queue, not enough replicas, no
+//! authorisation. Wrong credentials are *retryable*: fixing the credential (a rotated file) recovers
+//! without a restart, and Stripe's retry then succeeds. Everything else (timeouts, transport, full queue, not enough replicas, no
 //! leader, brokers down, fatal producer state that a new producer clears) is retryable, and so
 //! is anything unknown, because a 503 makes Stripe retry while a wrongly permanent answer would
 //! only hide a transient failure.
@@ -29,12 +30,10 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
         | C::UnknownPartition
         | C::InvalidTopic
         | C::PolicyViolation
-        // Not authorised, or the credentials are wrong.
+        // Not authorised (the credentials are right; the ACLs are not).
         | C::TopicAuthorizationFailed
         | C::ClusterAuthorizationFailed
         | C::TransactionalIdAuthorizationFailed
-        | C::SaslAuthenticationFailed
-        | C::Authentication
         | C::UnsupportedSASLMechanism
         // The cluster cannot do what the config asks.
         | C::InvalidRequiredAcks
@@ -42,6 +41,36 @@ pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
         | C::UnsupportedVersion => ErrorClass::Permanent,
         _ => ErrorClass::Retryable,
     }
+}
+
+/// The cause, in a few plain words first, of a client error that is about credentials or TLS
+/// (librdkafka reports these through the client's error callback, not with the records, which
+/// only time out). `None` for any other error. librdkafka's reason names files and mechanisms,
+/// never a password.
+pub fn security_cause(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<String> {
+    let r = reason.to_ascii_lowercase();
+    let cause = if matches!(
+        code,
+        Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed)
+    ) || r.contains("sasl authentication error")
+    {
+        "authentication failed"
+    } else if code == Some(RDKafkaErrorCode::SSL) || r.contains("ssl handshake failed") {
+        if r.contains("certificate verify failed") {
+            if r.contains("expired") {
+                "broker certificate expired"
+            } else {
+                "certificate not trusted (the broker's certificate is not signed by a CA in ssl.ca.location)"
+            }
+        } else if r.contains("alert") {
+            "client certificate refused by the broker"
+        } else {
+            "TLS handshake failed"
+        }
+    } else {
+        return None;
+    };
+    Some(format!("{cause}: {reason}"))
 }
 
 /// Whether librdkafka says the topic does not exist.
@@ -105,10 +134,32 @@ mod tests {
             C::PurgeInflight,
             C::Fatal,
             C::OutOfOrderSequenceNumber,
+            C::Authentication,
+            C::SaslAuthenticationFailed,
         ] {
             assert_eq!(classify_code(c), ErrorClass::Retryable, "{c:?}");
         }
         assert_eq!(classify(&KafkaError::Canceled), ErrorClass::Retryable);
+    }
+
+    #[test]
+    fn security_failures_are_named_first() {
+        let sasl = "sasl_ssl://127.0.0.1:9094/bootstrap: SASL authentication error: Authentication failed \
+                    during authentication due to invalid credentials with SASL mechanism SCRAM-SHA-512";
+        let c = security_cause(Some(RDKafkaErrorCode::Authentication), sasl).unwrap();
+        assert!(c.starts_with("authentication failed: sasl_ssl://"), "{c}");
+        let untrusted = "ssl://127.0.0.1:9095/bootstrap: SSL handshake failed: error:0A000086:SSL routines::\
+                         certificate verify failed: broker certificate could not be verified";
+        let c = security_cause(Some(RDKafkaErrorCode::SSL), untrusted).unwrap();
+        assert!(c.starts_with("certificate not trusted"), "{c}");
+        let refused =
+            "ssl://127.0.0.1:9095/bootstrap: SSL handshake failed: error:0A000418:SSL routines::tlsv1 alert unknown ca";
+        let c = security_cause(Some(RDKafkaErrorCode::SSL), refused).unwrap();
+        assert!(c.starts_with("client certificate refused by the broker"), "{c}");
+        assert_eq!(
+            security_cause(Some(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down"),
+            None
+        );
     }
 
     #[test]

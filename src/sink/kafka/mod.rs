@@ -42,9 +42,19 @@ const AUTO_CREATE_CACHE: Duration = Duration::from_secs(60);
 /// How long a failure to read it is reused before the next attempt.
 const AUTO_CREATE_RETRY: Duration = Duration::from_secs(10);
 
-/// Forwards librdkafka's logs and global errors to `tracing`, tagged with the sink's name.
+/// How long a credential or TLS failure reported by librdkafka explains a failed health check or
+/// publish. librdkafka retries the connection at most every `reconnect.backoff.max.ms` (1 s by
+/// default here) and reports each failure, so a failure still going on is always recent.
+const SECURITY_FAILURE_FRESH: Duration = Duration::from_secs(10);
+
+/// The last credential or TLS failure librdkafka reported, and when.
+type SecurityFailure = Arc<std::sync::Mutex<Option<(Instant, String)>>>;
+
+/// Forwards librdkafka's logs and global errors to `tracing`, tagged with the sink's name, and
+/// keeps the last credential or TLS failure for health checks and publish errors.
 pub struct BridgeContext {
     sink: String,
+    security: SecurityFailure,
 }
 
 impl ClientContext for BridgeContext {
@@ -64,6 +74,9 @@ impl ClientContext for BridgeContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         let sink = self.sink.as_str();
+        if let Some(cause) = errors::security_cause(error.rdkafka_error_code(), reason) {
+            *self.security.lock().unwrap_or_else(|p| p.into_inner()) = Some((Instant::now(), cause));
+        }
         if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
             tracing::error!(target: "librdkafka", sink, %error, reason, "kafka producer failed fatally");
         } else {
@@ -89,6 +102,8 @@ pub struct KafkaSink {
     cluster_auto_create: tokio::sync::Mutex<Option<(Instant, Option<bool>)>>,
     /// Reads broker configs; made on first need (a missing topic), never on the hot path.
     admin: std::sync::OnceLock<Result<AdminClient<BridgeContext>, String>>,
+    /// The last credential or TLS failure of any of this sink's clients.
+    security: SecurityFailure,
 }
 
 impl std::fmt::Debug for KafkaSink {
@@ -115,7 +130,8 @@ impl KafkaSink {
         }
         client_config.set_log_level(RDKafkaLogLevel::Info);
         let timings = config.timings(ack_timeout);
-        let producer = create(name, &client_config)?;
+        let security = SecurityFailure::default();
+        let producer = create(name, &client_config, &security)?;
         let shown: Vec<String> = props
             .iter()
             .map(|(k, v)| {
@@ -144,7 +160,27 @@ impl KafkaSink {
             health: tokio::sync::Mutex::new(None),
             cluster_auto_create: tokio::sync::Mutex::new(None),
             admin: std::sync::OnceLock::new(),
+            security,
         })
+    }
+
+    /// The credential or TLS failure librdkafka reported in the last [`SECURITY_FAILURE_FRESH`].
+    fn security_failure(&self) -> Option<String> {
+        let last = self.security.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < SECURITY_FAILURE_FRESH)
+            .map(|(_, cause)| cause.clone())
+    }
+
+    /// A retryable failure explained by a current credential or TLS failure, when there is one:
+    /// records only time out while the client cannot log in.
+    fn explained(&self, mut e: SinkError) -> SinkError {
+        if e.is_retryable() {
+            if let Some(cause) = self.security_failure() {
+                e.message = format!("{} ({cause})", e.message);
+            }
+        }
+        e
     }
 
     fn current(&self) -> Arc<Producer_> {
@@ -165,7 +201,7 @@ impl KafkaSink {
         if !Arc::ptr_eq(&self.current(), failed) {
             return; // another request already replaced it
         }
-        let fresh = match create(&self.name, &self.client_config) {
+        let fresh = match create(&self.name, &self.client_config, &self.security) {
             Ok(p) => Arc::new(p),
             Err(e) => {
                 tracing::error!(sink = %self.name, error = %e, "cannot replace the failed kafka producer");
@@ -193,7 +229,7 @@ impl KafkaSink {
         if result.is_err() {
             self.renew_if_fatal(&producer);
         }
-        result
+        result.map_err(|e| self.explained(e))
     }
 
     async fn send(&self, producer: &Arc<Producer_>, topic: &str, envelope: &Envelope) -> Result<(), SinkError> {
@@ -331,6 +367,7 @@ impl KafkaSink {
                 config.set("enable.idempotence", "false");
                 let context = BridgeContext {
                     sink: self.name.clone(),
+                    security: self.security.clone(),
                 };
                 AdminClient::from_config_and_context(&config, context).map_err(|e| config_error(&e))
             })
@@ -370,7 +407,7 @@ impl KafkaSink {
                 .fetch_metadata(None, HEALTH_PROBE_TIMEOUT)
                 .map(|m| m.brokers().len())
         });
-        match task.await {
+        let result = match task.await {
             Ok(Ok(n)) if n > 0 => Ok(()),
             Ok(Ok(_)) => Err(SinkError::retryable(format!(
                 "kafka sink {name}: the cluster at {brokers} reports no brokers"
@@ -382,6 +419,17 @@ impl KafkaSink {
             Err(e) => Err(SinkError::retryable(format!(
                 "kafka sink {name}: health check failed: {e}"
             ))),
+        };
+        match result {
+            Ok(()) => {
+                *self.security.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                Ok(())
+            }
+            // The cause first: it is what an operator must fix.
+            Err(e) => Err(match self.security_failure() {
+                Some(cause) => SinkError::retryable(format!("kafka sink {}: {cause}", self.name)),
+                None => e,
+            }),
         }
     }
 }
@@ -392,9 +440,12 @@ fn asks_auto_create(value: Option<&str>) -> bool {
     value.is_none_or(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "t" | "1"))
 }
 
-fn create(name: &str, client_config: &ClientConfig) -> Result<Producer_, String> {
+fn create(name: &str, client_config: &ClientConfig, security: &SecurityFailure) -> Result<Producer_, String> {
     client_config
-        .create_with_context(BridgeContext { sink: name.to_string() })
+        .create_with_context(BridgeContext {
+            sink: name.to_string(),
+            security: security.clone(),
+        })
         .map_err(|e| format!("cannot create the kafka producer: {}", config_error(&e)))
 }
 
