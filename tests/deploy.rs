@@ -12,11 +12,21 @@
 //!   update them in place), never literal values in the ConfigMap or the env;
 //! - the security context is hardened (non-root, read-only root filesystem, no privilege
 //!   escalation, ALL capabilities dropped, RuntimeDefault seccomp);
-//! - Services, the Ingress, the PDB, the HPA and the NetworkPolicy point at these pods and ports.
+//! - Services, the Ingress, the HTTPRoute, the ServiceMonitor, the PDB, the HPA and the
+//!   NetworkPolicy point at these pods and ports; the admin port is never on the webhook
+//!   Service, and no budget blocks a drain.
 //!
-//! Helm is required: it is found at `$HOOKBRIDGE_HELM`, then
-//! `${HOOKBRIDGE_CACHE:-~/.cache/hookbridge}/bin/helm` (where `deploy/helm/install-helm.sh` puts
-//! it), then on `PATH`. A missing helm fails the tests; they are never skipped.
+//! The chart is rendered with every values file of its `ci/` folder (one per sink kind). Also
+//! here: validation of everything against the Kubernetes 1.30 and newest OpenAPI schemas
+//! (offline), the alert rules' promtool unit tests, the metrics the dashboard and alerts use
+//! against a running bridge (with `hookbridge_build_info` and its start-up line), the libraries
+//! the image copies, the release workflow's image and chart names, and the documented examples.
+//!
+//! The tools are required: helm, promtool and kubernetes-validate are found at
+//! `$HOOKBRIDGE_HELM`, `$HOOKBRIDGE_PROMTOOL`, `$HOOKBRIDGE_KUBERNETES_VALIDATE`, then in
+//! `${HOOKBRIDGE_CACHE:-~/.cache/hookbridge}` (where `deploy/helm/install-helm.sh` and
+//! `deploy/tools/install.sh` put them), then on `PATH`. A missing tool fails the tests; they are
+//! never skipped.
 #![allow(clippy::unwrap_used)]
 
 mod common;
