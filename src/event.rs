@@ -143,6 +143,10 @@ impl<'de> Deserialize<'de> for Loose {
 impl EventMeta {
     /// Reads the metadata of a Stripe event (snapshot or thin) from its raw JSON bytes.
     pub fn parse(body: &[u8]) -> Result<EventMeta, EventError> {
+        // serde reads a struct from a JSON array too (by position); an event is an object.
+        if body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+            return Err(EventError::NotJson("it is an array".into()));
+        }
         let raw: RawEvent = match serde_json::from_slice(body) {
             Ok(raw) => raw,
             Err(e) => return Err(EventError::NotJson(short_json_error(&e))),
