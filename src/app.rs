@@ -94,7 +94,7 @@ impl Endpoint {
         if *current == fresh {
             return Ok(false);
         }
-        self.verifier.store(Arc::new(Verifier::new(&fresh, self.tolerance)));
+        self.verifier.store(Arc::new(self.verifier.load().with_secrets(&fresh)));
         *current = fresh;
         Ok(true)
     }
@@ -129,7 +129,9 @@ impl Live {
                         path: e.path.clone(),
                         tolerance: e.tolerance,
                         sources: e.sources.clone(),
-                        verifier: ArcSwap::from_pointee(Verifier::new(&e.secrets, e.tolerance)),
+                        verifier: ArcSwap::from_pointee(
+                            Verifier::new(&e.secrets, e.tolerance).with_future_tolerance(e.future_tolerance),
+                        ),
                         secrets: std::sync::Mutex::new(e.secrets.clone()),
                     },
                 )

@@ -165,6 +165,10 @@ impl EventMeta {
     /// Ids, types and accounts longer than Stripe's are refused ([`MAX_ID_BYTES`] and friends).
     pub fn parse(body: &[u8]) -> Result<EventMeta, EventError> {
         let text = std::str::from_utf8(body).map_err(|e| EventError::NotUtf8(e.valid_up_to()))?;
+        // serde reads a struct from a JSON array too (by position); an event is an object.
+        if text.trim_start().starts_with('[') {
+            return Err(EventError::NotJson("it is an array".into()));
+        }
         let raw: RawEvent = match serde_json::from_str(text) {
             Ok(raw) => raw,
             Err(e) => return Err(EventError::NotJson(short_json_error(&e))),

@@ -163,3 +163,180 @@ async fn what_the_file_sink_recorded_verifies_with_stripes_verifiers() {
         assert_eq!(stripe_verify(SECRET, header, payload), (true, true), "{name}");
     }
 }
+
+/// One case of `tests/interop/signature_corpus.txt`.
+#[derive(Debug)]
+struct Case {
+    line: usize,
+    hookbridge: bool,
+    python: bool,
+    node: bool,
+    template: String,
+    why: String,
+}
+
+const CORPUS_BODY: &str = r#"{"id":"evt_corpus","object":"event","type":"invoice.paid"}"#;
+const CORPUS_TOLERANCE: u64 = 300;
+
+fn verdict(word: &str, line: usize) -> bool {
+    match word {
+        "accept" => true,
+        "reject" => false,
+        other => panic!("signature_corpus.txt line {line}: verdict must be accept or reject, not {other:?}"),
+    }
+}
+
+fn corpus() -> Vec<Case> {
+    let text = std::fs::read_to_string(script("signature_corpus.txt")).unwrap();
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|(i, l)| {
+            let f: Vec<&str> = l.splitn(5, '|').map(str::trim).collect();
+            assert_eq!(
+                f.len(),
+                5,
+                "signature_corpus.txt line {}: five fields separated by |",
+                i + 1
+            );
+            Case {
+                line: i + 1,
+                hookbridge: verdict(f[0], i + 1),
+                python: verdict(f[1], i + 1),
+                node: verdict(f[2], i + 1),
+                template: f[3].to_string(),
+                why: f[4].to_string(),
+            }
+        })
+        .collect()
+}
+
+/// `now`, `now+N`, `now-N` or an integer.
+fn time_expr(expr: &str, now: i64) -> i64 {
+    let parsed = if expr == "now" {
+        Some(now)
+    } else if let Some(n) = expr.strip_prefix("now+") {
+        n.parse::<i64>().ok().map(|n| now + n)
+    } else if let Some(n) = expr.strip_prefix("now-") {
+        n.parse::<i64>().ok().map(|n| now - n)
+    } else {
+        expr.parse().ok()
+    };
+    parsed.unwrap_or_else(|| panic!("signature_corpus.txt: bad time {expr:?}"))
+}
+
+/// The header a template stands for at `now`.
+fn expand(template: &str, now: i64) -> String {
+    let sig = |t: i64| {
+        hex::encode(hookbridge::verify::compute_signature(
+            SECRET.as_bytes(),
+            t,
+            CORPUS_BODY.as_bytes(),
+        ))
+    };
+    let mut out = String::new();
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let close = open + rest[open..].find('}').expect("a placeholder closes with }");
+        let name = &rest[open + 1..close];
+        let digits = now.to_string();
+        let value = match name {
+            "sig" => sig(now),
+            "SIG" => sig(now).to_uppercase(),
+            "wrong" => hex::encode(hookbridge::verify::compute_signature(
+                b"whsec_not_ours",
+                now,
+                CORPUS_BODY.as_bytes(),
+            )),
+            "now_" => format!("{}_{}", &digits[..1], &digits[1..]),
+            "now_arabic" => digits
+                .chars()
+                .map(|c| char::from_u32(0x660 + c.to_digit(10).unwrap()).unwrap())
+                .collect(),
+            "sp" => " ".into(),
+            "tab" => "\t".into(),
+            "nbsp" => "\u{a0}".into(),
+            _ => match name.strip_prefix("sig@") {
+                Some(expr) => sig(time_expr(expr, now)),
+                None => time_expr(name, now).to_string(),
+            },
+        };
+        out.push_str(&value);
+        rest = &rest[close + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Runs one SDK's batch verifier over every header; its verdict for each.
+fn sdk_verdicts(program: &str, batch_script: &str, headers: &[String]) -> Vec<(bool, String)> {
+    let input: String = headers
+        .iter()
+        .map(|h| {
+            let case =
+                serde_json::json!({"header": h, "secret": SECRET, "body": CORPUS_BODY, "tolerance": CORPUS_TOLERANCE});
+            format!("{case}\n")
+        })
+        .collect();
+    let (code, out, err) = run(program, &[&script(batch_script)], input.as_bytes());
+    assert_eq!(code, 0, "{batch_script} failed: {err}");
+    let verdicts: Vec<(bool, String)> = out
+        .lines()
+        .map(|l| match l.split_once('\t') {
+            None if l == "accept" => (true, String::new()),
+            Some(("reject", why)) => (false, why.to_string()),
+            _ => panic!("{batch_script}: unexpected line {l:?}"),
+        })
+        .collect();
+    assert_eq!(
+        verdicts.len(),
+        headers.len(),
+        "{batch_script}: one verdict per case: {err}"
+    );
+    verdicts
+}
+
+#[test]
+fn signature_corpus_gets_the_verdict_of_stripes_sdks() {
+    let cases = corpus();
+    assert!(cases.len() >= 50, "the corpus has {} cases", cases.len());
+    let now = hookbridge::verify::unix_now();
+    let headers: Vec<String> = cases.iter().map(|c| expand(&c.template, now)).collect();
+    let started = std::time::Instant::now();
+    let python_verdicts = sdk_verdicts(&python(), "verify_batch.py", &headers);
+    let node_verdicts = sdk_verdicts("node", "verify_batch.js", &headers);
+    let verifier = hookbridge::verify::Verifier::new(&[SECRET], std::time::Duration::from_secs(CORPUS_TOLERANCE));
+    let mut wrong = Vec::new();
+    for ((case, header), (py, node)) in cases
+        .iter()
+        .zip(&headers)
+        .zip(python_verdicts.iter().zip(&node_verdicts))
+    {
+        let ours = verifier.verify(Some(header.as_bytes()), CORPUS_BODY.as_bytes(), now);
+        let ctx = format!(
+            "line {} {:?} ({}): hookbridge {:?}, python {} {}, node {} {}",
+            case.line, header, case.why, ours, py.0, py.1, node.0, node.1
+        );
+        if py.0 != case.python || node.0 != case.node {
+            wrong.push(format!("{ctx}: the SDKs' verdicts differ from the corpus"));
+        }
+        if ours.is_ok() != case.hookbridge {
+            wrong.push(format!("{ctx}: hookbridge's verdict differs from the corpus"));
+        }
+        // Where the SDKs agree, the same verdict (or, deliberately and said so, a stricter one);
+        // where they disagree, the stricter one.
+        let follows_rule = if case.python == case.node {
+            case.hookbridge == case.python || (!case.hookbridge && case.why.starts_with("deliberate"))
+        } else {
+            !case.hookbridge
+        };
+        if !follows_rule {
+            wrong.push(format!(
+                "{ctx}: the corpus breaks the rule (both SDKs' verdict, else reject)"
+            ));
+        }
+    }
+    println!("{} cases, both SDKs in {:?}", cases.len(), started.elapsed());
+    assert!(wrong.is_empty(), "{} case(s) wrong:\n{}", wrong.len(), wrong.join("\n"));
+}

@@ -2,7 +2,10 @@
 //! runs. They share one broker, so they run one at a time (a static lock), and each puts the
 //! broker back up when it ends, also when it fails. What they show: nothing answered 200 is
 //! lost, the bridge starts and recovers without a restart, and /readyz tells the truth.
-//! Run with `--nocapture` to see the measured recovery times.
+//! Run with `--nocapture` to see the measured recovery times. They break whichever broker
+//! `HOOKBRIDGE_KAFKA_PORT` names (default 9092): on a shared machine, point them at a private one
+//! (`HOOKBRIDGE_KAFKA_PORT=29092 HOOKBRIDGE_KAFKA_DIR=… deploy/local/kafka.sh start`).
+//! `HOOKBRIDGE_PAUSES=N` sets how often the pause test pauses the broker (default 4).
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -35,6 +38,33 @@ async fn kafka(args: &'static [&'static str]) -> Duration {
 
 fn config(topic: &str) -> String {
     one_topic_config("", topic)
+}
+
+/// Posts each pending event (by index) again, as Stripe retries, until every one is answered 200;
+/// fails after 60 s.
+async fn retry_until_accepted(
+    addr: std::net::SocketAddr,
+    mut pending: Vec<usize>,
+    body: impl Fn(usize) -> bytes::Bytes,
+) {
+    let retry_deadline = Instant::now() + Duration::from_secs(60);
+    while !pending.is_empty() {
+        assert!(
+            Instant::now() < retry_deadline,
+            "{} events still refused after 60s of retries",
+            pending.len()
+        );
+        let mut still = Vec::new();
+        for i in pending {
+            if common::post_signed(addr, body(i)).await.status != StatusCode::OK {
+                still.push(i);
+            }
+        }
+        pending = still;
+        if !pending.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -182,25 +212,8 @@ async fn broker_killed_and_restarted_during_a_burst_loses_nothing_that_was_answe
     );
 
     // Stripe retries whatever was not answered 200.
-    let retry_deadline = Instant::now() + Duration::from_secs(60);
-    let mut pending: Vec<usize> = (0..EVENTS).filter(|i| !ok.contains(i)).collect();
-    while !pending.is_empty() {
-        assert!(
-            Instant::now() < retry_deadline,
-            "{} events still refused after 60s of retries",
-            pending.len()
-        );
-        let mut still = Vec::new();
-        for i in pending {
-            if common::post_signed(addr, bodies[i].clone()).await.status != StatusCode::OK {
-                still.push(i);
-            }
-        }
-        pending = still;
-        if !pending.is_empty() {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
+    let pending: Vec<usize> = (0..EVENTS).filter(|i| !ok.contains(i)).collect();
+    retry_until_accepted(addr, pending, |i| bodies[i].clone()).await;
 
     let records = read_topic(&topic, EVENTS, Duration::from_secs(30), Duration::from_secs(1));
     let by_id = by_event_id(&records);
@@ -233,6 +246,250 @@ async fn broker_killed_and_restarted_during_a_burst_loses_nothing_that_was_answe
         "kafka holds {} records for {} events ({duplicates} duplicates, allowed)",
         records.len(),
         by_id.len()
+    );
+    bridge.shutdown().await;
+}
+
+/// The pid of the broker `deploy/local/kafka.sh` runs (its run dir, as the script computes it).
+fn broker_pid() -> u32 {
+    let dir = std::env::var_os("HOOKBRIDGE_KAFKA_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::env::var_os("HOOKBRIDGE_CACHE")
+                .map(std::path::PathBuf::from)
+                .unwrap_or_else(|| std::path::PathBuf::from(std::env::var("HOME").unwrap()).join(".cache/hookbridge"))
+                .join("kafka/run")
+        });
+    let file = dir.join("kafka.pid");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    text.trim()
+        .parse()
+        .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .args([format!("-{name}"), pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Resumes a paused broker when dropped, so a failed test does not leave it stopped.
+struct ResumeOnDrop(u32);
+
+impl Drop for ResumeOnDrop {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+/// Waits until the broker takes writes again, as a fresh idempotent producer sees it (so a
+/// broker slow to unfence itself is not counted against the bridge); returns when it did.
+async fn broker_takes_writes(topic: &str, within: Duration) -> Instant {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < within,
+            "the broker took no write within {within:?} of SIGCONT"
+        );
+        let producer: rdkafka::producer::FutureProducer = rdkafka::config::ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("enable.idempotence", "true")
+            .set("message.timeout.ms", "1000")
+            .set("log_level", "3")
+            .create()
+            .expect("a probe producer");
+        let record = rdkafka::producer::FutureRecord::to(topic).key("probe").payload("{}");
+        let sent = tokio::time::timeout(
+            Duration::from_secs(2),
+            producer.send(record, Duration::from_millis(500)),
+        )
+        .await;
+        // Dropping a producer blocks (purge, flush, join): not on the runtime's threads.
+        tokio::task::spawn_blocking(move || drop(producer));
+        if matches!(sent, Ok(Ok(_))) {
+            return Instant::now();
+        }
+    }
+}
+
+/// One answer of the load below: when its request started and ended, its status and event.
+#[derive(Debug, Clone)]
+struct Sent {
+    started: Instant,
+    ended: Instant,
+    status: StatusCode,
+    index: usize,
+}
+
+/// When the answers show the sink recovered after `resumed`: the start of the first full
+/// `STEADY` of requests (at least `MIN_STEADY` of them) answered 200 with no other answer since.
+fn recovered_at(sent: &[Sent], resumed: Instant, now: Instant) -> Option<Instant> {
+    const STEADY: Duration = Duration::from_secs(1);
+    const MIN_STEADY: usize = 10;
+    let after: Vec<&Sent> = sent.iter().filter(|s| s.started >= resumed).collect();
+    let since = after
+        .iter()
+        .filter(|s| s.status != StatusCode::OK)
+        .map(|s| s.started)
+        .max()
+        .unwrap_or(resumed);
+    let steady = after.iter().filter(|s| s.started > since && s.ended <= now).count();
+    (now.saturating_duration_since(since) >= STEADY && steady >= MIN_STEADY).then_some(since)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_paused_under_load_again_and_again_recovers_within_seconds_every_time() {
+    // A paused broker (SIGSTOP) keeps its sockets open and answers nothing; after SIGCONT it
+    // fences and unfences itself. The sink must publish again within seconds each time.
+    let pauses: usize = std::env::var("HOOKBRIDGE_PAUSES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(4);
+    const PAUSE: Duration = Duration::from_secs(3);
+    const RECOVERY: Duration = Duration::from_secs(10);
+    const CONCURRENCY: usize = 8;
+    let _serial = SERIAL.lock().await;
+    require_broker(Duration::from_secs(30));
+    let topic = unique_topic("pause");
+    let probe_topic = format!("{topic}.probe");
+    // RUST_LOG=librdkafka=debug HOOKBRIDGE_KAFKA_DEBUG=eos,msg,broker shows what librdkafka does.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let extra = std::env::var("HOOKBRIDGE_KAFKA_DEBUG")
+        .map(|d| format!("    options:\n      debug: \"{d}\"\n"))
+        .unwrap_or_default();
+    let bridge = common::spawn(&one_topic_config(&extra, &topic)).await;
+    let addr = bridge.webhook_addr;
+    let run = unique_id("pause");
+    let id_of = move |i: usize| format!("{run}_{i}");
+    let body_of = {
+        let id_of = id_of.clone();
+        move |i: usize| stripe_event(&id_of(i), "charge.succeeded", &format!("ch_{}", i % 13), None, false)
+    };
+
+    let sent = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Sent>::new()));
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let workers: Vec<_> = (0..CONCURRENCY)
+        .map(|_| {
+            let (sent, stop, next, body_of) = (sent.clone(), stop.clone(), next.clone(), body_of.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    let index = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let started = Instant::now();
+                    let status = common::post_signed(addr, body_of(index)).await.status;
+                    let ended = Instant::now();
+                    sent.lock().unwrap().push(Sent {
+                        started,
+                        ended,
+                        status,
+                        index,
+                    });
+                }
+            })
+        })
+        .collect();
+
+    let snapshot = || sent.lock().unwrap().clone();
+    let mut recoveries = Vec::new();
+    // The first publish creates the topic; start when the bridge publishes steadily.
+    let warm = Instant::now();
+    while recovered_at(&snapshot(), warm, Instant::now()).is_none() {
+        assert!(
+            warm.elapsed() < Duration::from_secs(30),
+            "no steady 200s before the first pause"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for round in 1..=pauses {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let pid = broker_pid();
+        let resume = ResumeOnDrop(pid);
+        signal(pid, "STOP");
+        tokio::time::sleep(PAUSE).await;
+        drop(resume);
+        let continued = Instant::now();
+        let resumed = broker_takes_writes(&probe_topic, Duration::from_secs(60)).await;
+        let mut ready_during = Vec::new();
+        let recovered = loop {
+            let now = Instant::now();
+            if let Some(at) = recovered_at(&snapshot(), resumed, now) {
+                break at;
+            }
+            if now - resumed > RECOVERY + Duration::from_secs(1) {
+                let after: Vec<Sent> = snapshot().into_iter().filter(|s| s.started >= resumed).collect();
+                let ok = after.iter().filter(|s| s.status == StatusCode::OK).count();
+                let readyz = common::get(bridge.admin_addr, "/readyz").await;
+                panic!(
+                    "round {round}: no steady 200s within {RECOVERY:?} of the broker taking writes again: {ok} x \
+                     200 of {} answers since; /readyz {} {}",
+                    after.len(),
+                    readyz.status,
+                    String::from_utf8_lossy(&readyz.body)
+                );
+            }
+            ready_during.push(common::get(bridge.admin_addr, "/readyz").await.status);
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let took = recovered.saturating_duration_since(resumed);
+        println!(
+            "round {round}: the broker took writes {:?} after SIGCONT; the bridge's steady 200s {took:?} after \
+             that; /readyz meanwhile {ready_during:?}",
+            resumed - continued
+        );
+        recoveries.push(took);
+        // Once publishing works again, /readyz says so.
+        let ready_deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let r = common::get(bridge.admin_addr, "/readyz").await;
+            if r.status == StatusCode::OK {
+                break;
+            }
+            assert!(
+                Instant::now() < ready_deadline,
+                "round {round}: publishing works but /readyz says {:?}",
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let all = snapshot();
+    let other: Vec<&Sent> = all
+        .iter()
+        .filter(|s| s.status != StatusCode::OK && s.status != StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert!(other.is_empty(), "only 200 and 503 are expected: {other:?}");
+    let ok: HashSet<usize> = all
+        .iter()
+        .filter(|s| s.status == StatusCode::OK)
+        .map(|s| s.index)
+        .collect();
+    println!(
+        "{pauses} pauses of {PAUSE:?}: {} answers, {} x 200; recovery {recoveries:?}",
+        all.len(),
+        ok.len()
+    );
+
+    // Stripe retries whatever was not answered 200; then every event is in Kafka.
+    let total = all.len();
+    let pending: Vec<usize> = (0..total).filter(|i| !ok.contains(i)).collect();
+    retry_until_accepted(addr, pending, body_of).await;
+    let records = read_topic(&topic, total, Duration::from_secs(30), Duration::from_secs(1));
+    let by_id = by_event_id(&records);
+    let missing: Vec<usize> = (0..total).filter(|i| !by_id.contains_key(&id_of(*i))).collect();
+    assert!(
+        missing.is_empty(),
+        "{} events are not in Kafka: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
     );
     bridge.shutdown().await;
 }

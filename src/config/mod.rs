@@ -201,6 +201,8 @@ pub struct HttpSettings {
 pub struct EndpointSettings {
     pub path: String,
     pub tolerance: Duration,
+    /// How far in the future the signed timestamp may be.
+    pub future_tolerance: Duration,
     /// Where each secret came from (so files can be re-read on rotation).
     pub sources: Vec<SecretSource>,
     /// The secrets as read at load time.
@@ -468,6 +470,12 @@ fn validate_endpoints(raw: &RawConfig, p: &mut Problems) -> Vec<EndpointSettings
             ep.tolerance,
             Duration::from_secs(24 * 3600),
         );
+        at_most(
+            p,
+            &format!("{path}.future_tolerance"),
+            ep.future_tolerance,
+            Duration::from_secs(24 * 3600),
+        );
         if ep.secrets.is_empty() {
             p.push(
                 format!("{path}.secrets"),
@@ -484,6 +492,7 @@ fn validate_endpoints(raw: &RawConfig, p: &mut Problems) -> Vec<EndpointSettings
         out.push(EndpointSettings {
             path: ep.path.clone(),
             tolerance: ep.tolerance,
+            future_tolerance: ep.future_tolerance,
             sources: ep.secrets.clone(),
             secrets,
         });

@@ -138,9 +138,12 @@ fn default_ack_timeout() -> Duration {
 pub struct RawEndpoint {
     /// URL path Stripe posts to, e.g. `/webhooks/stripe`.
     pub path: String,
-    /// How far the signed timestamp may be from now, past or future.
+    /// How far in the past the signed timestamp may be (the replay window).
     #[serde(default = "default_tolerance", deserialize_with = "duration")]
     pub tolerance: Duration,
+    /// How far in the future the signed timestamp may be (a host clock behind Stripe's).
+    #[serde(default = "default_future_tolerance", deserialize_with = "duration")]
+    pub future_tolerance: Duration,
     /// Signing secrets; any one may match (rotation).
     #[serde(default)]
     pub secrets: Vec<SecretSource>,
@@ -148,6 +151,10 @@ pub struct RawEndpoint {
 
 fn default_tolerance() -> Duration {
     Duration::from_secs(300)
+}
+
+fn default_future_tolerance() -> Duration {
+    crate::verify::DEFAULT_FUTURE_TOLERANCE
 }
 
 /// A sink, selected by `kind`.

@@ -51,6 +51,7 @@ fn good_config_validates_with_defaults() {
     assert_eq!(s.max_body_bytes, 1_048_576);
     assert_eq!(s.ack_timeout, Duration::from_secs(5));
     assert_eq!(s.endpoints[0].tolerance, Duration::from_secs(300));
+    assert_eq!(s.endpoints[0].future_tolerance, Duration::from_secs(15 * 60));
     assert_eq!(s.endpoints[0].secrets[0].expose(), b"whsec_test");
     // Sinks are sorted by name and targets point at them.
     let names: Vec<_> = s.sinks.iter().map(|s| s.name.as_str()).collect();
@@ -96,6 +97,7 @@ ack_timeout: "0s"
 endpoints:
   - path: webhooks
     tolerance: "0s"
+    future_tolerance: "25h"
     secrets: []
   - path: /a
     secrets:
@@ -138,6 +140,7 @@ dedup:
         "ack_timeout: must be greater than 0",
         "endpoints[0].path",
         "endpoints[0].tolerance",
+        "endpoints[0].future_tolerance: must be at most 1day",
         "endpoints[0].secrets: list at least one",
         "endpoints[1].secrets[0]: environment variable HOOKBRIDGE_TEST_UNSET_SECRET_VAR is not set",
         "endpoints[1].secrets[1]: set one of",
@@ -252,6 +255,7 @@ fn the_reference_config_documents_every_key() {
         "ack_timeout:",
         "endpoints:",
         "tolerance:",
+        "future_tolerance:",
         "secrets:",
         "env:",
         "file:",

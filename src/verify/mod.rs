@@ -3,10 +3,12 @@
 //! Stripe signs each delivery with `Stripe-Signature: t=<unix seconds>,v1=<hex>[,v1=<hex>][,v0=…]`
 //! where `v1 = hex(HMAC-SHA256(key = endpoint secret as given, msg = t + "." + raw body))`.
 //! The [`Verifier`] accepts a request when any `v1` matches any configured secret (this is how
-//! secrets are rotated) and the timestamp is within the tolerance, in the past or the future.
+//! secrets are rotated) and the timestamp is at most `tolerance` in the past and at most
+//! `future_tolerance` in the future (see [`DEFAULT_FUTURE_TOLERANCE`] for why the two differ).
+//! The header is read to the same verdict as Stripe's own SDKs (see [`header`]).
 //! It is synchronous and pure: the current time is passed in, so tests can fix it.
 
-mod header;
+pub mod header;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -17,6 +19,18 @@ use subtle::ConstantTimeEq;
 pub use header::{parse_header, SignatureHeader};
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// How far in the future a signed timestamp may be, by default.
+///
+/// The past bound (`tolerance`) is the replay protection: a captured request replays only while
+/// it is younger than the tolerance. A timestamp *ahead* of this host's clock cannot come from a
+/// replay (a replay is always older) nor from an attacker (only Stripe can sign); it means this
+/// host's clock is behind Stripe's. Stripe's SDKs do not check it at all. Refusing it would turn a
+/// clock a few minutes slow into a total outage, every delivery refused until the clock is fixed.
+/// So hookbridge accepts it up to this bound: a clock behind by D lengthens the replay window by
+/// D, accepted up to 15 minutes; beyond that the clock is broken and the replay window would be
+/// as long, so the request is refused (400) and the operator must fix the clock.
+pub const DEFAULT_FUTURE_TOLERANCE: Duration = Duration::from_secs(15 * 60);
 
 /// Where the verifier reads the current time from; injected so tests can fix the clock.
 pub trait Clock: Send + Sync + 'static {
@@ -61,8 +75,21 @@ pub enum VerifyError {
     MalformedHeader(&'static str),
     #[error("no v1 signature matches any configured secret")]
     NoMatchingSignature,
-    #[error("the signature timestamp is {age_secs}s away from now, more than the {tolerance_secs}s tolerance")]
+    /// `age_secs` is negative for a timestamp in the future; `tolerance_secs` is the bound of
+    /// that side (`tolerance` for the past, `future_tolerance` for the future).
+    #[error("{}", outside_tolerance(*age_secs, *tolerance_secs))]
     OutsideTolerance { age_secs: i64, tolerance_secs: u64 },
+}
+
+fn outside_tolerance(age_secs: i64, tolerance_secs: u64) -> String {
+    if age_secs >= 0 {
+        format!("the signature timestamp is {age_secs}s old, more than the {tolerance_secs}s tolerance")
+    } else {
+        format!(
+            "the signature timestamp is {}s in the future, more than the {tolerance_secs}s future_tolerance (is this host's clock slow?)",
+            age_secs.unsigned_abs()
+        )
+    }
 }
 
 impl VerifyError {
@@ -97,6 +124,7 @@ pub struct Verifier {
     /// One keyed HMAC state per secret, so a request only clones it instead of re-keying.
     keys: Vec<HmacSha256>,
     tolerance: Duration,
+    future_tolerance: Duration,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -104,23 +132,45 @@ impl std::fmt::Debug for Verifier {
         f.debug_struct("Verifier")
             .field("secrets", &format_args!("[{} redacted]", self.keys.len()))
             .field("tolerance", &self.tolerance)
+            .field("future_tolerance", &self.future_tolerance)
             .finish()
     }
 }
 
 impl Verifier {
     /// Builds a verifier; each secret is used as given (`whsec_` prefix included), as Stripe does.
+    /// Timestamps may be `tolerance` in the past and [`DEFAULT_FUTURE_TOLERANCE`] in the future.
     pub fn new<S: AsRef<[u8]>>(secrets: &[S], tolerance: Duration) -> Self {
         let keys = secrets
             .iter()
             .map(|s| HmacSha256::new_from_slice(s.as_ref()).expect("HMAC accepts keys of any length"))
             .collect();
-        Verifier { keys, tolerance }
+        Verifier {
+            keys,
+            tolerance,
+            future_tolerance: DEFAULT_FUTURE_TOLERANCE,
+        }
     }
 
-    /// How far the timestamp may be from now.
+    /// The same verifier with another bound for timestamps ahead of this host's clock.
+    pub fn with_future_tolerance(mut self, future_tolerance: Duration) -> Self {
+        self.future_tolerance = future_tolerance;
+        self
+    }
+
+    /// The same tolerances with other secrets (a rotated secret file).
+    pub fn with_secrets<S: AsRef<[u8]>>(&self, secrets: &[S]) -> Self {
+        Verifier::new(secrets, self.tolerance).with_future_tolerance(self.future_tolerance)
+    }
+
+    /// How far in the past the timestamp may be.
     pub fn tolerance(&self) -> Duration {
         self.tolerance
+    }
+
+    /// How far in the future the timestamp may be.
+    pub fn future_tolerance(&self) -> Duration {
+        self.future_tolerance
     }
 
     /// Checks `header` (the raw `Stripe-Signature` value, `None` when absent) for `body` at `now`.
@@ -131,25 +181,36 @@ impl Verifier {
             Some(h) => h,
         };
         let parsed = parse_header(header)?;
-        let mut matched = false;
-        for key in &self.keys {
-            let expected = signature_with(key.clone(), parsed.timestamp, body);
-            for candidate in &parsed.v1 {
-                // Constant time per comparison; `|` keeps going after a match.
-                matched |= bool::from(expected.ct_eq(candidate));
+        // Usually one timestamp; two when stripe-python and stripe-node would read different ones
+        // (several `t` elements), and then both must be signed, as both SDKs would require.
+        for timestamp in parsed.timestamps() {
+            let mut matched = false;
+            for key in &self.keys {
+                let expected = signature_with(key.clone(), timestamp, body);
+                for candidate in &parsed.v1 {
+                    // Constant time per comparison; `|` keeps going after a match.
+                    matched |= bool::from(expected.ct_eq(candidate));
+                }
             }
-        }
-        if !matched {
-            return Err(VerifyError::NoMatchingSignature);
+            if !matched {
+                return Err(VerifyError::NoMatchingSignature);
+            }
         }
         // The timestamp is checked after the signature, so an attacker learns nothing about the
         // tolerance from unsigned requests.
-        let age = now.saturating_sub(parsed.timestamp);
-        if age.unsigned_abs() > self.tolerance.as_secs() {
-            return Err(VerifyError::OutsideTolerance {
-                age_secs: age,
-                tolerance_secs: self.tolerance.as_secs(),
-            });
+        for timestamp in parsed.timestamps() {
+            let age = now.saturating_sub(timestamp);
+            let bound = if age >= 0 {
+                self.tolerance
+            } else {
+                self.future_tolerance
+            };
+            if age.unsigned_abs() > bound.as_secs() {
+                return Err(VerifyError::OutsideTolerance {
+                    age_secs: age,
+                    tolerance_secs: bound.as_secs(),
+                });
+            }
         }
         Ok(Verified {
             timestamp: parsed.timestamp,

@@ -93,21 +93,55 @@ fn uppercase_hex_never_matches_like_stripes_sdks() {
 }
 
 #[test]
-fn tolerance_applies_to_past_and_future() {
-    let v = verifier();
-    for (t, ok) in [
-        (NOW - 300, true),
-        (NOW + 300, true),
-        (NOW - 301, false),
-        (NOW + 301, false),
+fn the_past_is_bounded_by_tolerance_and_the_future_by_future_tolerance() {
+    let future = DEFAULT_FUTURE_TOLERANCE.as_secs() as i64;
+    for (v, future) in [
+        (verifier(), future),
+        (verifier().with_future_tolerance(Duration::from_secs(30)), 30),
+        (verifier().with_future_tolerance(Duration::ZERO), 0),
     ] {
-        let header = sign(SECRET.as_bytes(), t, BODY);
-        let result = v.verify(Some(header.as_bytes()), BODY, NOW);
-        assert_eq!(result.is_ok(), ok, "t offset {}", t - NOW);
-        if !ok {
-            assert!(matches!(result, Err(VerifyError::OutsideTolerance { .. })));
+        for (t, ok) in [
+            (NOW - 300, true),
+            (NOW - 301, false),
+            (NOW + future, true),
+            (NOW + future + 1, false),
+            (NOW + 299, future >= 299),
+        ] {
+            let header = sign(SECRET.as_bytes(), t, BODY);
+            let result = v.verify(Some(header.as_bytes()), BODY, NOW);
+            assert_eq!(result.is_ok(), ok, "t offset {}, future tolerance {future}", t - NOW);
+            if !ok {
+                assert!(matches!(result, Err(VerifyError::OutsideTolerance { .. })));
+            }
         }
     }
+}
+
+#[test]
+fn a_future_timestamp_says_the_clock_may_be_slow() {
+    let header = sign(SECRET.as_bytes(), NOW + 3600, BODY);
+    let err = check(&header).unwrap_err();
+    assert_eq!(
+        err,
+        VerifyError::OutsideTolerance {
+            age_secs: -3600,
+            tolerance_secs: DEFAULT_FUTURE_TOLERANCE.as_secs()
+        }
+    );
+    assert!(err.to_string().contains("3600s in the future"), "{err}");
+    assert!(err.to_string().contains("clock"), "{err}");
+    let old = check(&sign(SECRET.as_bytes(), NOW - 3600, BODY)).unwrap_err();
+    assert!(old.to_string().contains("3600s old"), "{old}");
+}
+
+#[test]
+fn rotated_secrets_keep_both_tolerances() {
+    let v = verifier().with_future_tolerance(Duration::from_secs(7));
+    let rotated = v.with_secrets(&["whsec_new"]);
+    assert_eq!(rotated.tolerance(), Duration::from_secs(300));
+    assert_eq!(rotated.future_tolerance(), Duration::from_secs(7));
+    let header = sign(b"whsec_new", NOW, BODY);
+    assert!(rotated.verify(Some(header.as_bytes()), BODY, NOW).is_ok());
 }
 
 #[test]
@@ -122,15 +156,19 @@ fn missing_or_empty_header() {
 fn every_malformed_header_is_reported_as_such() {
     let sig = hex::encode(compute_signature(SECRET.as_bytes(), NOW, BODY));
     let cases = [
-        format!("v1={sig}"),                 // no timestamp
-        format!("t={NOW}"),                  // no v1
-        format!("t={NOW},v0={sig}"),         // only v0
-        format!("t=abc,v1={sig}"),           // timestamp not a number
-        format!("t=,v1={sig}"),              // empty timestamp
-        format!("t=-5,v1={sig}"),            // sign is not a digit
-        format!("t={NOW},t={NOW},v1={sig}"), // two timestamps
-        format!("t={NOW};v1={sig}"),         // wrong separator
-        format!("t={NOW},v1"),               // element without '='
+        format!("v1={sig}"),             // no timestamp
+        format!("t={NOW}"),              // no v1
+        format!("t={NOW},v0={sig}"),     // only v0
+        format!("t=abc,v1={sig}"),       // timestamp not a number
+        format!("t=,v1={sig}"),          // empty timestamp
+        format!("t=+,v1={sig}"),         // a sign without digits
+        format!("t=1__0,v1={sig}"),      // Python's int() refuses a doubled underscore
+        format!("t={NOW}x,v1={sig}"),    // Python's int() refuses a trailing letter
+        format!("t={NOW},t=x,v1={sig}"), // the last t is not a number for parseInt
+        format!("t={NOW};v1={sig}"),     // wrong separator
+        format!("t={NOW},v1"),           // v1 element without '='
+        format!("t,t={NOW},v1={sig}"),   // t element without '='
+        format!("t={NOW},v1=,v1={sig}"), // empty v1: stripe-node throws
         "garbage".to_string(),
         format!("t=99999999999999999999,v1={sig}"), // overflow
     ];
@@ -146,6 +184,47 @@ fn every_malformed_header_is_reported_as_such() {
         verifier().verify(Some(&not_utf8), BODY, NOW),
         Err(VerifyError::MalformedHeader(_))
     ));
+}
+
+#[test]
+fn forms_both_sdks_accept_are_accepted() {
+    let sig = hex::encode(compute_signature(SECRET.as_bytes(), NOW, BODY));
+    for header in [
+        format!("t={NOW},v1={sig},"),
+        format!(",t={NOW},v1={sig}"),
+        format!("t={NOW},,v1={sig}"),
+        format!("t={NOW},junk,v1={sig}"),
+        format!("t=+{NOW},v1={sig}"),
+        format!("t=000{NOW},v1={sig}"),
+        format!("t= {NOW} ,v1={sig}"),
+        format!("t={NOW}=x,v1={sig}=y"),
+        format!("t={NOW},t={NOW},v1={sig}"),
+        format!("t={NOW},t=junk,t={NOW},v1={sig}"),
+    ] {
+        assert_eq!(check(&header).map(|v| v.timestamp()), Ok(NOW), "{header}");
+    }
+}
+
+#[test]
+fn two_different_timestamps_need_a_signature_for_each() {
+    let sig = hex::encode(compute_signature(SECRET.as_bytes(), NOW, BODY));
+    let sig_later = hex::encode(compute_signature(SECRET.as_bytes(), NOW + 1, BODY));
+    let t2 = NOW + 1;
+    // stripe-python reads the first t, stripe-node the last: each alone would accept one of these.
+    assert_eq!(
+        check(&format!("t={NOW},t={t2},v1={sig}")),
+        Err(VerifyError::NoMatchingSignature)
+    );
+    assert_eq!(
+        check(&format!("t={NOW},t={t2},v1={sig_later}")),
+        Err(VerifyError::NoMatchingSignature)
+    );
+    assert!(check(&format!("t={NOW},t={t2},v1={sig},v1={sig_later}")).is_ok());
+    // Python's int() reads 1_7 as 17 and parseInt reads 1: two timestamps again.
+    let h = parse_header(format!("t=1_7,v1={sig}").as_bytes()).unwrap();
+    assert_eq!((h.timestamp, h.last_timestamp), (17, 1));
+    let h = parse_header(format!("t=-0042,v1={sig}").as_bytes()).unwrap();
+    assert_eq!((h.timestamp, h.last_timestamp), (-42, -42));
 }
 
 #[test]

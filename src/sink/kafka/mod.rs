@@ -12,6 +12,9 @@
 //!   [`HEALTH_PROBE_TIMEOUT`], its answer shared for [`HEALTH_CACHE`] by concurrent callers.
 //! - a producer that librdkafka declares fatally failed (idempotence state lost) is replaced by
 //!   a fresh one on the next failed publish; the failed publishes are answered 503.
+//! - a producer that has failed every publish for [`STUCK_AFTER`] is replaced too, and the sink
+//!   reports itself unhealthy meanwhile (see [`Progress`]): after a broker pause librdkafka may
+//!   stay unable to publish although the broker is back.
 //! - a topic librdkafka calls unknown is a permanent failure when nothing will create it, and
 //!   retryable while the cluster is creating it (see [`KafkaSink::unknown_topic`]).
 
@@ -30,7 +33,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
-use super::{Envelope, Sink, SinkError};
+use super::{Envelope, ErrorClass, Sink, SinkError};
 use crate::config::kafka::{is_sensitive, KafkaSinkConfig};
 
 /// The longest a health check waits for a broker to answer a metadata request.
@@ -41,6 +44,30 @@ pub const HEALTH_CACHE: Duration = Duration::from_millis(500);
 const AUTO_CREATE_CACHE: Duration = Duration::from_secs(60);
 /// How long a failure to read it is reused before the next attempt.
 const AUTO_CREATE_RETRY: Duration = Duration::from_secs(10);
+/// A producer whose publishes have all failed (retryably) for this long, none succeeding, is
+/// replaced by a new one; the sink is unhealthy from [`UNHEALTHY_AFTER`] of such failures on.
+pub const STUCK_AFTER: Duration = Duration::from_secs(5);
+/// How long publishes may fail, none succeeding, before [`Sink::health`] says so.
+pub const UNHEALTHY_AFTER: Duration = Duration::from_secs(2);
+
+/// Whether the current producer still publishes: the start of the first failed publish since the
+/// last success. Every publish that fails retryably (timeout, no leader, transport, full queue)
+/// counts; a permanent refusal says nothing about the producer and does not.
+///
+/// Why: after a broker pause (SIGSTOP, GC, VM freeze) under load, librdkafka can keep one
+/// producer unable to publish for tens of seconds after the broker is back (its connection in
+/// reconnect backoff, its partition leader unknown, its idempotence state waiting on requests
+/// that will never be answered), while a new producer publishes at once. A publish cannot tell
+/// this from a broker that is really down, so the rule is blunt: no success for [`STUCK_AFTER`]
+/// means a new producer. Replacing one is cheap and safe: the old one's unconfirmed publishes are
+/// purged and answered 503 (Stripe retries them; at most a duplicate in Kafka, never a loss).
+#[derive(Debug, Default)]
+struct Progress {
+    failing_since: Option<Instant>,
+    /// When the last successful publish started: a failure of a request older than that says
+    /// nothing new (it may have waited out the outage that a newer request did not meet).
+    last_success: Option<Instant>,
+}
 
 /// How long a credential or TLS failure reported by librdkafka explains a failed health check or
 /// publish. librdkafka retries the connection at most every `reconnect.backoff.max.ms` (1 s by
@@ -97,6 +124,8 @@ pub struct KafkaSink {
     queue_timeout: Duration,
     message_timeout: Duration,
     producer: RwLock<Arc<Producer_>>,
+    /// Whether the current producer publishes; see [`Progress`].
+    progress: std::sync::Mutex<Progress>,
     health: tokio::sync::Mutex<Option<(Instant, Result<(), SinkError>)>>,
     /// The cluster's `auto.create.topics.enable`, when it was last read.
     cluster_auto_create: tokio::sync::Mutex<Option<(Instant, Option<bool>)>>,
@@ -157,6 +186,7 @@ impl KafkaSink {
             queue_timeout: timings.queue_timeout,
             message_timeout: timings.message_timeout,
             producer: RwLock::new(Arc::new(producer)),
+            progress: std::sync::Mutex::new(Progress::default()),
             health: tokio::sync::Mutex::new(None),
             cluster_auto_create: tokio::sync::Mutex::new(None),
             admin: std::sync::OnceLock::new(),
@@ -198,37 +228,94 @@ impl KafkaSink {
         let Some((code, reason)) = failed.client().fatal_error() else {
             return;
         };
+        self.replace(failed, &format!("it failed fatally ({code:?}: {reason})"));
+    }
+
+    /// Replaces `failed` with a new producer, unless another request already did. `why` is logged.
+    /// The new producer is built before the slot is locked (building one is not instant, and every
+    /// publish reads the slot); the one replaced is dropped off the async runtime.
+    fn replace(&self, failed: &Arc<Producer_>, why: &str) -> bool {
         if !Arc::ptr_eq(&self.current(), failed) {
-            return; // another request already replaced it
+            return false; // another request already replaced it
         }
         let fresh = match create(&self.name, &self.client_config, &self.security) {
             Ok(p) => Arc::new(p),
             Err(e) => {
-                tracing::error!(sink = %self.name, error = %e, "cannot replace the failed kafka producer");
-                return;
+                tracing::error!(sink = %self.name, error = %e, why, "cannot replace the kafka producer");
+                return false;
             }
         };
-        let retired = {
+        let (retired, replaced) = {
             let mut slot = match self.producer.write() {
                 Ok(g) => g,
                 Err(poisoned) => poisoned.into_inner(),
             };
             if Arc::ptr_eq(&slot, failed) {
-                tracing::error!(sink = %self.name, code = ?code, reason, "kafka producer failed fatally; replaced it");
-                std::mem::replace(&mut *slot, fresh)
+                (std::mem::replace(&mut *slot, fresh), true)
             } else {
-                fresh // another request replaced it meanwhile
+                (fresh, false) // another request replaced it meanwhile
             }
         };
+        if replaced {
+            tracing::error!(sink = %self.name, why, "kafka producer replaced by a new one");
+            // The new producer starts with a clean record.
+            *self.progress() = Progress::default();
+        }
+        // Dropping a producer purges, flushes and joins librdkafka's threads: blocking work.
         tokio::task::spawn_blocking(move || drop(retired));
+        replaced
+    }
+
+    fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
+        self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// How long publishes have failed with none succeeding, if they have.
+    fn failing_for(&self) -> Option<Duration> {
+        self.progress().failing_since.map(|since| since.elapsed())
+    }
+
+    /// Records the outcome of a publish that started at `started` on `producer`, and replaces the
+    /// producer when it has published nothing for [`STUCK_AFTER`] (see [`Progress`]).
+    fn record(&self, producer: &Arc<Producer_>, started: Instant, result: &Result<(), SinkError>) {
+        if !Arc::ptr_eq(producer, &self.current()) {
+            return; // an outcome of a producer already replaced says nothing about the new one
+        }
+        let failing_for = {
+            let mut progress = self.progress();
+            match result {
+                Ok(()) => {
+                    progress.failing_since = None;
+                    progress.last_success = progress.last_success.max(Some(started));
+                    return;
+                }
+                Err(e) if e.class == ErrorClass::Permanent => return,
+                Err(_) if progress.last_success.is_some_and(|ok| started <= ok) => return,
+                Err(_) => {
+                    let since = *progress.failing_since.get_or_insert(started);
+                    since.elapsed()
+                }
+            }
+        };
+        if failing_for >= STUCK_AFTER {
+            self.replace(
+                producer,
+                &format!(
+                    "no publish succeeded for {}",
+                    humantime::format_duration(Duration::from_secs(failing_for.as_secs()))
+                ),
+            );
+        }
     }
 
     async fn publish_inner(&self, topic: &str, envelope: &Envelope) -> Result<(), SinkError> {
         let producer = self.current();
+        let started = Instant::now();
         let result = self.send(&producer, topic, envelope).await;
         if result.is_err() {
             self.renew_if_fatal(&producer);
         }
+        self.record(&producer, started, &result);
         result.map_err(|e| self.explained(e))
     }
 
@@ -397,6 +484,28 @@ impl KafkaSink {
             return Err(SinkError::retryable(format!(
                 "kafka sink {}: producer failed fatally ({code:?}: {reason}); replaced by a new one",
                 self.name
+            )));
+        }
+        if let Some(failing) = self.failing_for().filter(|f| *f >= UNHEALTHY_AFTER) {
+            // A broker that answers metadata requests does not make a producer that cannot
+            // publish healthy. Replaced here too when stuck: an unready pod gets no traffic.
+            let replaced = failing >= STUCK_AFTER
+                && self.replace(
+                    &producer,
+                    &format!(
+                        "no publish succeeded for {}",
+                        humantime::format_duration(Duration::from_secs(failing.as_secs()))
+                    ),
+                );
+            return Err(SinkError::retryable(format!(
+                "kafka sink {}: no publish succeeded for {}{}",
+                self.name,
+                humantime::format_duration(Duration::from_secs(failing.as_secs())),
+                if replaced {
+                    "; the producer was replaced by a new one"
+                } else {
+                    ""
+                }
             )));
         }
         let name = self.name.clone();
