@@ -513,6 +513,26 @@ async fn interrupted_or_failed_runs_resume_after_the_last_event_confirmed() {
     assert_eq!(got, later);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_comes_back_is_waited_for() {
+    let all = events("comeback", 5, "invoice.paid", None);
+    let api = FakeStripe::start(all.clone()).await;
+    let base = api.base();
+    let sink = MemorySink::new("events");
+    sink.set_behaviour(Behaviour::Fail(SinkError::retryable("broker unreachable")));
+    let run = tokio::spawn({
+        let sink = sink.clone();
+        async move { run_into(&plan(&["--api-base", &base, "--since", "1h"]), &sink, never()).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(sink.records().is_empty());
+    sink.set_behaviour(Behaviour::Confirm);
+    let report = run.await.unwrap();
+    assert!(report.complete, "{report:?}");
+    let got: Vec<Bytes> = sink.records().into_iter().map(|r| r.payload).collect();
+    assert_eq!(got, all);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Rate limits and errors of the API.
 

@@ -64,8 +64,9 @@ pub fn load(path: &Path) -> Result<Option<Checkpoint>, String> {
     }
 }
 
-/// Writes the checkpoint atomically: a temporary file beside it, synced, then renamed over it.
-pub fn save(path: &Path, cp: &Checkpoint) -> Result<(), String> {
+/// Writes the checkpoint atomically: a temporary file beside it, then renamed over it. With
+/// `sync`, the file is synced to disk before the rename and the directory after it.
+pub fn save(path: &Path, cp: &Checkpoint, sync: bool) -> Result<(), String> {
     let mut cp = cp.clone();
     cp.updated = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
     let mut text = serde_json::to_vec_pretty(&cp).map_err(|e| e.to_string())?;
@@ -74,8 +75,18 @@ pub fn save(path: &Path, cp: &Checkpoint) -> Result<(), String> {
     let write = || -> std::io::Result<()> {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(&text)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
+        if sync {
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, path)?;
+        if sync {
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     };
     write().map_err(|e| format!("cannot write checkpoint file {}: {e}", path.display()))
 }
@@ -111,7 +122,7 @@ mod tests {
         assert_eq!(load(&path).unwrap(), None);
         let mut cp = None;
         Checkpoint::advance(&mut cp, "evt_a", 100);
-        save(&path, cp.as_ref().unwrap()).unwrap();
+        save(&path, cp.as_ref().unwrap(), true).unwrap();
         let back = load(&path).unwrap().unwrap();
         assert_eq!(back.last_event_id, "evt_a");
         assert!(!back.updated.is_empty());

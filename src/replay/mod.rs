@@ -41,8 +41,16 @@ use crate::sink::{Envelope, Sink};
 
 pub use self::api::DEFAULT_API_BASE;
 
-/// Attempts per event when its publish fails in a way that may succeed later.
-pub const PUBLISH_ATTEMPTS: u32 = 3;
+/// Attempts per event when its publish fails in a way that may succeed later (a broker
+/// restarting, a topic being auto-created): 0.5 s, 1 s, 2 s, 4 s and 8 s apart, about 15 s in all
+/// beyond the attempts' own `ack_timeout`s.
+pub const PUBLISH_ATTEMPTS: u32 = 6;
+
+/// The checkpoint is rewritten after every event, but synced to disk at most this often (and at
+/// the end): a sync takes milliseconds, as long as a publish. Between syncs it survives the
+/// process dying; only a crash of the machine can take it back to the last sync, and then up to
+/// this much is published again.
+pub const CHECKPOINT_SYNC_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Arguments of `hookbridge replay`.
 #[derive(Debug, Clone, clap::Args)]
@@ -346,6 +354,7 @@ pub async fn run(
     let mut cp = plan.resume.clone();
     let total = spool.len() as u64;
     let publishing = Instant::now();
+    let (mut synced, mut unsynced) = (Instant::now(), false);
     for i in (0..spool.len()).rev() {
         if *stop.borrow() {
             report.remaining = i as u64 + 1;
@@ -404,14 +413,24 @@ pub async fn run(
             Checkpoint::advance(&mut cp, &id, created);
             report.last_event_id = Some(id);
             if let (Some(path), Some(c)) = (&plan.checkpoint, &cp) {
-                if let Err(e) = checkpoint::save(path, c) {
+                let sync = synced.elapsed() >= CHECKPOINT_SYNC_INTERVAL;
+                if let Err(e) = checkpoint::save(path, c, sync) {
                     report.remaining = i as u64;
                     report.error = Some(e);
                     break;
                 }
+                if sync {
+                    synced = Instant::now();
+                }
+                unsynced = !sync;
             }
         }
         progress.publishing(report.fetched, total - i as u64, total, i == 0);
+    }
+    if let (true, Some(path), Some(c)) = (unsynced, &plan.checkpoint, &cp) {
+        if let Err(e) = checkpoint::save(path, c, true) {
+            report.error.get_or_insert(e);
+        }
     }
     let publish_secs = publishing.elapsed().as_secs_f64();
     report.rate = report.published as f64 / publish_secs.max(0.001);
@@ -485,7 +504,7 @@ async fn fetch(
 }
 
 /// One event through the webhook's publish path; a retryable failure is retried a few times,
-/// a second apart more each time (a webhook would be retried by Stripe).
+/// twice as long apart each time (a webhook would be retried by Stripe).
 async fn publish(
     state: &State,
     live: &crate::app::Live,
@@ -502,7 +521,7 @@ async fn publish(
         match result {
             Err(e) if e.is_retryable() && attempt < PUBLISH_ATTEMPTS => {
                 confirmed.extend(now_confirmed);
-                tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                tokio::time::sleep(Duration::from_millis(500) * (1 << (attempt - 1))).await;
                 attempt += 1;
             }
             other => return other,

@@ -2,7 +2,7 @@
 //!
 //! The API lists newest first, so nothing can be published before the whole window is fetched.
 //! Holding a big backlog in memory (30 days of a busy account is millions of events of a few KiB)
-//! could exhaust it; the bytes go to an unlinked temporary file instead, and memory holds 12 bytes
+//! could exhaust it; the bytes go to an unlinked temporary file instead, and memory holds 16 bytes
 //! per event (offset and length). The file disappears when the process ends, however it ends.
 
 use std::fs::File;
