@@ -42,6 +42,13 @@ pub struct SinkLabel {
     pub sink: String,
 }
 
+/// A dead-lettered message: the sink of the target that refused it, and the dead-letter sink.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLettered {
+    pub sink: String,
+    pub dead_letter_sink: String,
+}
+
 /// Every metric hookbridge exports.
 pub struct Metrics {
     registry: Registry,
@@ -55,6 +62,7 @@ pub struct Metrics {
     pub publish_seconds: Family<SinkLabel, Histogram>,
     pub in_flight: Gauge,
     pub sink_up: Family<SinkLabel, Gauge>,
+    pub dead_lettered: Family<DeadLettered, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -122,6 +130,12 @@ impl Metrics {
         );
         let sink_up = Family::<SinkLabel, Gauge>::default();
         registry.register("sink_up", "1 when the sink's last health check passed", sink_up.clone());
+        let dead_lettered = Family::<DeadLettered, Counter>::default();
+        registry.register(
+            "dead_lettered",
+            "Messages a target refused for good that the dead-letter sink confirmed instead",
+            dead_lettered.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -134,6 +148,7 @@ impl Metrics {
             publish_seconds,
             in_flight,
             sink_up,
+            dead_lettered,
         }
     }
 

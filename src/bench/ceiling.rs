@@ -57,6 +57,7 @@ impl CeilingArgs {
                     payload: body,
                     meta,
                     signature,
+                    extra_headers: Vec::new(),
                 })
             })
             .collect::<Result<_, String>>()?;

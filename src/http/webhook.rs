@@ -160,7 +160,7 @@ async fn process(
             ));
         }
     };
-    let Some((_, route)) = live.router.route(&meta.event_type) else {
+    let Some((_, route)) = live.router.route(&route::Incoming::new(&meta, Some(&endpoint.path))) else {
         state.metrics.unrouted.get_or_create(&label()).inc();
         outcome.note = "unrouted";
         tracing::debug!(event_id = %meta.id, event_type = %meta.event_type, "no route matches; dropped");
@@ -175,6 +175,7 @@ async fn process(
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default(),
         meta,
+        extra_headers: Vec::new(),
     };
     publish_all(state, live, route, &envelope, start).await?;
     claim.published(Instant::now());
@@ -192,6 +193,7 @@ async fn publish_all(
 ) -> Result<(), Rejection> {
     let targets = route::destinations(route, &envelope.meta);
     let ack_timeout = live.ack_timeout;
+    let deadline = Instant::now() + ack_timeout;
     let results = futures::future::join_all(targets.iter().map(|(target, destination)| {
         let sink = &live.sinks[target.sink];
         async move {
@@ -204,7 +206,24 @@ async fn publish_all(
                 ))),
             };
             record(state, sink.name(), destination, start, &result);
-            result
+            match (result, live.router.dead_letter_for(route)) {
+                (Err(e), Some(dl)) if !e.is_retryable() => {
+                    let on_publish = |s: &str, d: &str, r: &Result<(), SinkError>| record(state, s, d, start, r);
+                    crate::app::dead_letter(
+                        state,
+                        live,
+                        dl,
+                        sink.name(),
+                        destination,
+                        envelope,
+                        e,
+                        deadline,
+                        on_publish,
+                    )
+                    .await
+                }
+                (result, _) => result,
+            }
         }
     }))
     .await;

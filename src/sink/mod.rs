@@ -1,6 +1,7 @@
 //! Sinks: where verified events are published. Each sink confirms durability before `publish`
 //! resolves, and sorts its own errors into retryable (503) and permanent (500).
 
+pub mod cloudevents;
 pub mod discard;
 pub mod file;
 pub mod memory;
@@ -74,6 +75,8 @@ pub struct Envelope {
     pub meta: EventMeta,
     /// The original `Stripe-Signature` header, so consumers can verify the bytes themselves.
     pub signature: String,
+    /// Headers added after the standard ones, e.g. why a dead-lettered message failed.
+    pub extra_headers: Vec<(&'static str, String)>,
 }
 
 /// Names of the message headers every sink attaches.
@@ -85,6 +88,12 @@ pub mod header {
     pub const ACCOUNT: &str = "stripe-account";
     pub const SIGNATURE: &str = "stripe-signature";
     pub const CONTENT_TYPE: &str = "content-type";
+    /// On a dead-lettered message: the sink of the target that refused it.
+    pub const FAILED_SINK: &str = "hookbridge-failed-sink";
+    /// On a dead-lettered message: the topic or routing key that refused it.
+    pub const FAILED_DESTINATION: &str = "hookbridge-failed-destination";
+    /// On a dead-lettered message: why it was refused (the broker's error, one line).
+    pub const FAILED_REASON: &str = "hookbridge-failed-reason";
 }
 
 impl Envelope {
@@ -95,7 +104,7 @@ impl Envelope {
 
     /// The headers of SPEC.md, in a fixed order; optional ones only when present.
     pub fn headers(&self) -> Vec<(&'static str, &str)> {
-        let mut h = Vec::with_capacity(7);
+        let mut h = Vec::with_capacity(7 + self.extra_headers.len());
         h.push((header::EVENT_ID, self.meta.id.as_str()));
         h.push((header::EVENT_TYPE, self.meta.event_type.as_str()));
         if let Some(v) = &self.meta.api_version {
@@ -107,6 +116,7 @@ impl Envelope {
         }
         h.push((header::SIGNATURE, self.signature.as_str()));
         h.push((header::CONTENT_TYPE, "application/json"));
+        h.extend(self.extra_headers.iter().map(|(k, v)| (*k, v.as_str())));
         h
     }
 }

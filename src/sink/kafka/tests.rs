@@ -26,6 +26,7 @@ fn sink(brokers: String) -> KafkaSink {
         queue_timeout: None,
         options: BTreeMap::new(),
         secret_options: BTreeMap::new(),
+        headers: Default::default(),
     };
     KafkaSink::new("mock", &config, ACK).unwrap()
 }
@@ -38,6 +39,7 @@ fn envelope() -> Envelope {
         meta: EventMeta::parse(&body).unwrap(),
         payload: body,
         signature: "t=1,v1=00".into(),
+        extra_headers: Vec::new(),
     }
 }
 
