@@ -766,3 +766,70 @@ async fn file_records_carry_cloudevents_headers_the_sdk_reads() {
     let ce = cloudevent("kafka", &headers, None, None, &body);
     assert_cloudevent(&ce, &body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_returning_an_unroutable_message_sends_it_to_the_dead_letter_queue() {
+    use amqp_support::*;
+    let exchange = unique("dl-ex");
+    let dead = unique("dl-q");
+    let routes = r#"
+dead_letter: { sink: amqp, routing_key: "dead.{type}" }
+routes:
+  - match: "*"
+    to: [{ sink: amqp, routing_key: "nowhere.{type}" }]
+"#;
+    let config = yaml(&sink_yaml(&exchange, &one_queue(&dead, &["dead.#"]), routes));
+    let bridge = spawn(&config).await;
+    wait_status(bridge.admin_addr, "/readyz", 200, Duration::from_secs(10)).await;
+    let body = fixture_with_id("invoice.paid.json", &kafka_support::unique_id("dl"));
+    let answer = post_signed(bridge.webhook_addr, body.clone()).await;
+    assert_eq!(
+        answer.status,
+        StatusCode::OK,
+        "dead-lettered and confirmed: {:?}",
+        answer.body
+    );
+
+    let (_conn, ch) = channel().await;
+    let got = drain(&ch, &dead).await;
+    assert_eq!(got.len(), 1);
+    let m = &got[0];
+    assert_eq!(m.delivery.data, body.to_vec(), "byte for byte");
+    assert_eq!(m.delivery.routing_key.as_str(), "dead.invoice.paid");
+    let h = headers(m);
+    assert_eq!(h["hookbridge-failed-sink"], "amqp");
+    assert_eq!(h["hookbridge-failed-destination"], "nowhere.invoice.paid");
+    assert!(h["hookbridge-failed-reason"].contains("unroutable"), "{h:?}");
+    assert!(h.contains_key("stripe-signature"), "{h:?}");
+    let text = metrics_text(bridge.admin_addr).await;
+    assert_eq!(
+        metric(
+            &text,
+            "hookbridge_dead_lettered_total{sink=\"amqp\",dead_letter_sink=\"amqp\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    bridge.shutdown().await;
+}
+
+#[test]
+fn check_config_shows_filters_and_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    let yaml = two_endpoints(&format!(
+        "{SAFE_ROUTES}\ndead_letter: {{ sink: test, topic: \"dead.{{livemode}}\" }}\n"
+    ));
+    std::fs::write(&cfg, yaml).unwrap();
+    let (code, out, err) = run_cli(&["check-config", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("[0] * (livemode false) => test -> stripe.test.{object}"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[2] * (livemode true; account acct_1*, acct_2*; endpoint /webhooks/live) => live -> stripe.connect.{account}"),
+        "{out}"
+    );
+    assert!(out.contains("dead_letter: test -> dead.{livemode}"), "{out}");
+}
