@@ -332,6 +332,17 @@ fn explain_route(
         event.account_label(),
         endpoint.as_deref().unwrap_or("(none given)")
     );
+    if let Some(e) = endpoint
+        .as_deref()
+        .filter(|e| !settings.endpoints.iter().any(|x| x.path == *e))
+    {
+        let known: Vec<_> = settings.endpoints.iter().map(|x| x.path.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "  note: no endpoint has path {e}, so no event arrives there (known: {})",
+            known.join(", ")
+        );
+    }
     let target = |t: &hookbridge::route::Target| {
         let kind = settings.sinks[t.sink].config.kind();
         let field = if kind == "rabbitmq" { "routing_key" } else { "topic" };

@@ -258,6 +258,13 @@ fn route_command_explains_the_decision() {
     );
     let (_, out, _) = run_cli(&["route", "charge.failed", "--config", cfg, "--livemode"]);
     assert!(out.contains("no endpoint was given"), "{out}");
+    let (_, out, _) = run_cli(&["route", "charge.failed", "--config", cfg, "--endpoint", "/typo"]);
+    assert!(
+        out.contains(
+            "note: no endpoint has path /typo, so no event arrives there (known: /webhooks/live, /webhooks/test)"
+        ),
+        "{out}"
+    );
 }
 
 /// Every example config that a team copies into production keeps test-mode events out of live
