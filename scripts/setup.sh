@@ -35,6 +35,8 @@ log "RabbitMQ server"
 "$here/deploy/local/rabbitmq.sh" install
 log "Stripe SDKs"
 "$here/deploy/local/stripe-sdk.sh"
+log "stripe-mock (Stripe's API mock, for tests/replay.rs)"
+"$here/deploy/local/stripe-mock.sh" install
 log "Helm (tests/deploy.rs renders the chart with it)"
 "$here/deploy/helm/install-helm.sh" >/dev/null
 log "done"

@@ -13,6 +13,7 @@ cd "$here"
 "$here/deploy/helm/install-helm.sh" >/dev/null
 "$here/deploy/local/kafka.sh" start
 "$here/deploy/local/rabbitmq.sh" start
+"$here/deploy/local/stripe-mock.sh" start   # Stripe's API mock, for tests/replay.rs
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

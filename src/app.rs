@@ -13,8 +13,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::{HttpSettings, Secret, SecretSource, Settings, SinkSettings};
-use crate::dedup::Dedup;
+use crate::config::{HttpSettings, LogSettings, Secret, SecretSource, Settings, SinkSettings};
+use crate::dedup::{Dedup, Limits};
 use crate::http;
 use crate::metrics::Metrics;
 use crate::route::{Router, Target};
@@ -28,7 +28,7 @@ pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
 pub const RELOAD_SINK_WAIT: Duration = Duration::from_secs(10);
 
 /// Polls `sink.health()` until it passes or [`RELOAD_SINK_WAIT`] is over.
-async fn wait_healthy(sink: &dyn Sink) -> Result<(), String> {
+pub async fn wait_healthy(sink: &dyn Sink) -> Result<(), String> {
     let deadline = Instant::now() + RELOAD_SINK_WAIT;
     loop {
         match sink.health().await {
@@ -56,6 +56,14 @@ async fn close_all(sinks: &[Arc<dyn Sink>], deadline: Instant) {
         if let Err(e) = result {
             tracing::warn!(sink = %name, error = %e, "sink did not close cleanly");
         }
+    }
+}
+
+/// Drops sinks on a blocking thread: a Kafka producer's drop waits for librdkafka's threads to
+/// end, which must not stall the request threads.
+fn drop_off_runtime(sinks: Vec<Arc<dyn Sink>>) {
+    if !sinks.is_empty() {
+        drop(tokio::task::spawn_blocking(move || drop(sinks)));
     }
 }
 
@@ -150,13 +158,24 @@ pub struct State {
     retired: std::sync::Mutex<Vec<Arc<dyn Sink>>>,
     /// The TLS certificate being served, if any.
     tls: Option<Arc<crate::http::tls::ReloadingCert>>,
+    /// The log settings the process started with: logging is set up once.
+    log: LogSettings,
+}
+
+/// The dedup window's limits from the config.
+fn dedup_limits(settings: &Settings) -> Limits {
+    Limits {
+        capacity: settings.dedup.capacity,
+        max_bytes: settings.dedup.max_bytes,
+        ttl: settings.dedup.ttl,
+    }
 }
 
 impl State {
     pub fn new(settings: &Settings, sinks: Vec<Arc<dyn Sink>>, clock: Arc<dyn Clock>) -> Self {
         State {
             live: ArcSwap::from_pointee(Live::new(settings, sinks)),
-            dedup: Dedup::new(settings.dedup.capacity, settings.dedup.ttl),
+            dedup: Dedup::new(dedup_limits(settings)),
             metrics: Metrics::new(),
             clock,
             draining: AtomicBool::new(false),
@@ -164,6 +183,32 @@ impl State {
             max_header_bytes: settings.http.max_header_bytes,
             retired: std::sync::Mutex::new(Vec::new()),
             tls: None,
+            log: settings.log.clone(),
+        }
+    }
+
+    /// The parts of a reload outside routes and sinks: the dedup window takes its new limits at
+    /// once; log settings cannot change in a running process, which is said loudly.
+    fn reload_process_settings(&self, settings: &Settings) {
+        let limits = dedup_limits(settings);
+        let old = self.dedup.limits();
+        if limits != old {
+            self.dedup.set_limits(limits, Instant::now());
+            tracing::info!(
+                capacity = limits.capacity,
+                max_bytes = limits.max_bytes,
+                ttl = %humantime::format_duration(limits.ttl),
+                "dedup settings changed; now in use"
+            );
+        }
+        if settings.log != self.log {
+            tracing::warn!(
+                running_format = if self.log.json { "json" } else { "text" },
+                running_level = %self.log.level,
+                new_format = if settings.log.json { "json" } else { "text" },
+                new_level = %settings.log.level,
+                "log settings changed in the config but need a restart to apply; still logging as before"
+            );
         }
     }
 
@@ -182,7 +227,8 @@ impl State {
     /// its connection; a new or changed sink is built and must report healthy within
     /// [`RELOAD_SINK_WAIT`] before anything is swapped, else the reload is refused and the running
     /// config kept. Replaced sinks are closed once the requests that may still use them are done.
-    /// Listener settings (addresses, TLS paths, header limits, the concurrency cap) need a restart.
+    /// The dedup window takes its new limits at once. Listener settings (addresses, TLS paths, header
+    /// limits, the concurrency cap) and log settings need a restart (a changed `log` is logged).
     pub async fn reload(self: &Arc<Self>, settings: Settings) -> Result<(), String> {
         if self.draining.load(Ordering::SeqCst) {
             return Err("shutting down".into());
@@ -196,8 +242,10 @@ impl State {
                 .iter()
                 .position(|o| o.name == s.name && o.config == s.config)
             {
-                sinks.push(old.sinks[i].clone());
-                continue;
+                if let Some(kept) = old.sinks.get(i) {
+                    sinks.push(kept.clone());
+                    continue;
+                }
             }
             let ready = match crate::sink::build(s, settings.ack_timeout).await {
                 Ok(sink) => {
@@ -210,6 +258,8 @@ impl State {
                 Ok(sink) => sinks.push(sink),
                 Err(e) => {
                     close_all(&built, Instant::now() + settings.ack_timeout).await;
+                    // `sinks` holds some of `built` too: both go, so the last reference is off the runtime.
+                    drop_off_runtime(std::mem::take(&mut sinks).into_iter().chain(built).collect());
                     return Err(format!("sink {}: {e}", s.name));
                 }
             }
@@ -221,6 +271,7 @@ impl State {
             .cloned()
             .collect();
         self.replace_live(Live::new(&settings, sinks));
+        self.reload_process_settings(&settings);
         if !replaced.is_empty() {
             self.retired
                 .lock()
@@ -240,6 +291,7 @@ impl State {
                     close
                 };
                 close_all(&to_close, Instant::now() + grace).await;
+                drop_off_runtime(to_close.into_iter().chain(replaced).collect());
             });
         }
         Ok(())
@@ -465,7 +517,13 @@ pub async fn dead_letter(
     if failed.is_retryable() {
         return Err(failed);
     }
-    let sink = &live.sinks[dead_letter.sink];
+    let Some(sink) = live.sinks.get(dead_letter.sink) else {
+        // Routes and sinks are validated together; this would be a wiring bug, not input.
+        return Err(SinkError::permanent(format!(
+            "{} (refused for good), and the dead-letter sink #{} is not running",
+            failed.message, dead_letter.sink
+        )));
+    };
     let destination = dead_letter.destination.render(&envelope.meta);
     let mut letter = envelope.clone();
     letter.extra_headers.extend([

@@ -4,6 +4,16 @@
 
 use serde::Deserialize;
 
+/// Longest event id accepted, in bytes. Stripe's ids (`evt_…`) are a few dozen bytes; a longer one
+/// is refused so that the dedup window and the log lines stay small.
+pub const MAX_ID_BYTES: usize = 255;
+
+/// Longest event type accepted, in bytes. Stripe's longest types are under 60 bytes.
+pub const MAX_TYPE_BYTES: usize = 128;
+
+/// Longest Connect account id accepted, in bytes (it may be part of a topic or routing key).
+pub const MAX_ACCOUNT_BYTES: usize = 255;
+
 /// What hookbridge needs to know about an event to route and label it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EventMeta {
@@ -30,6 +40,12 @@ pub struct EventMeta {
 pub enum EventError {
     #[error("the body is not a JSON object: {0}")]
     NotJson(String),
+    /// The body is not UTF-8 (JSON must be), at this byte offset.
+    #[error("the body is not valid UTF-8 (at byte {0}), so it is not JSON")]
+    NotUtf8(usize),
+    /// A field is longer than Stripe ever sends: `(field, limit in bytes)`.
+    #[error("the event's `{0}` is longer than {1} bytes")]
+    TooLong(&'static str, usize),
     #[error("the event has no string `type`")]
     NoType,
     #[error("the event has no string `id`")]
@@ -40,8 +56,8 @@ impl EventError {
     /// Short machine-readable code used in JSON errors and metric labels.
     pub fn code(&self) -> &'static str {
         match self {
-            EventError::NotJson(_) => "invalid_json",
-            EventError::NoType | EventError::NoId => "invalid_event",
+            EventError::NotJson(_) | EventError::NotUtf8(_) => "invalid_json",
+            EventError::NoType | EventError::NoId | EventError::TooLong(..) => "invalid_event",
         }
     }
 }
@@ -142,8 +158,14 @@ impl<'de> Deserialize<'de> for Loose {
 
 impl EventMeta {
     /// Reads the metadata of a Stripe event (snapshot or thin) from its raw JSON bytes.
+    ///
+    /// The whole body must be UTF-8, also inside fields that are skipped: consumers decode the
+    /// message as JSON text, so a body that is not is refused here, whatever the sink. One pass of
+    /// `str::from_utf8` checks it; serde_json then reads the `str` without checking again.
+    /// Ids, types and accounts longer than Stripe's are refused ([`MAX_ID_BYTES`] and friends).
     pub fn parse(body: &[u8]) -> Result<EventMeta, EventError> {
-        let raw: RawEvent = match serde_json::from_slice(body) {
+        let text = std::str::from_utf8(body).map_err(|e| EventError::NotUtf8(e.valid_up_to()))?;
+        let raw: RawEvent = match serde_json::from_str(text) {
             Ok(raw) => raw,
             Err(e) => return Err(EventError::NotJson(short_json_error(&e))),
         };
@@ -156,6 +178,12 @@ impl EventMeta {
             .and_then(Loose::into_string)
             .filter(|s| !s.is_empty())
             .ok_or(EventError::NoId)?;
+        if id.len() > MAX_ID_BYTES {
+            return Err(EventError::TooLong("id", MAX_ID_BYTES));
+        }
+        if event_type.len() > MAX_TYPE_BYTES {
+            return Err(EventError::TooLong("type", MAX_TYPE_BYTES));
+        }
         let thin = matches!(&raw.object, Some(Loose::Str(o)) if o == "v2.core.event");
         let (account, object_id) = if thin {
             (
@@ -171,6 +199,12 @@ impl EventMeta {
                     .and_then(Loose::into_string),
             )
         };
+        if account.as_ref().is_some_and(|a| a.len() > MAX_ACCOUNT_BYTES) {
+            return Err(EventError::TooLong(
+                if thin { "context" } else { "account" },
+                MAX_ACCOUNT_BYTES,
+            ));
+        }
         Ok(EventMeta {
             id,
             event_type,
@@ -323,6 +357,45 @@ mod tests {
         ] {
             let err = EventMeta::parse(body).unwrap_err();
             assert_eq!(err.code(), want, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn a_body_that_is_not_utf8_is_not_json_even_in_skipped_fields() {
+        let good = "{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"data\":{\"d\":\"caf\u{e9}\"}}".as_bytes();
+        assert!(EventMeta::parse(good).is_ok());
+        for body in [
+            // In a skipped string, a skipped key, the id, and an encoded surrogate in a skipped string.
+            &b"{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"data\":{\"x\":\"caf\xe9\"}}"[..],
+            b"{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"\xff\":1}",
+            b"{\"id\":\"evt_\xc3\",\"type\":\"invoice.paid\"}",
+            b"{\"id\":\"evt_1\",\"type\":\"invoice.paid\",\"s\":\"\xed\xa0\x80\"}",
+        ] {
+            let err = EventMeta::parse(body).unwrap_err();
+            assert_eq!(err.code(), "invalid_json", "{}", String::from_utf8_lossy(body));
+            assert!(matches!(err, EventError::NotUtf8(_)), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn ids_types_and_accounts_longer_than_stripes_are_refused() {
+        let event = |id: &str, ty: &str, account: &str| {
+            format!(r#"{{"id":"{id}","type":"{ty}","account":"{account}"}}"#).into_bytes()
+        };
+        let id_at = format!("evt_{}", "a".repeat(MAX_ID_BYTES - 4));
+        let type_at = format!("a.{}", "b".repeat(MAX_TYPE_BYTES - 2));
+        let acct_at = format!("acct_{}", "c".repeat(MAX_ACCOUNT_BYTES - 5));
+        let m = EventMeta::parse(&event(&id_at, &type_at, &acct_at)).unwrap();
+        assert_eq!((m.id.len(), m.event_type.len()), (MAX_ID_BYTES, MAX_TYPE_BYTES));
+        for (body, field) in [
+            (event(&format!("{id_at}x"), "invoice.paid", "acct_1"), "id"),
+            (event("evt_1", &format!("{type_at}x"), "acct_1"), "type"),
+            (event("evt_1", "invoice.paid", &format!("{acct_at}x")), "account"),
+            (event(&"e".repeat(512 * 1024), "invoice.paid", "acct_1"), "id"),
+        ] {
+            let err = EventMeta::parse(&body).unwrap_err();
+            assert_eq!(err.code(), "invalid_event");
+            assert!(err.to_string().contains(&format!("`{field}`")), "{err}");
         }
     }
 

@@ -12,10 +12,12 @@
 //!   in-memory sinks, and the optional CloudEvents headers.
 //! - [`dedup`]: the bounded window of event ids already published.
 //! - [`http`]: the accept loop, the webhook handler, the admin port and the error→response mapping.
+//! - [`logging`]: log lines capped by bytes.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`app`]: wiring, serving, graceful shutdown, and the dead-letter step of the publish path.
 //! - [`client`]: the HTTP client behind `hookbridge send`.
 //! - [`bench`]: the load generator behind `hookbridge bench`.
+//! - [`replay`]: `hookbridge replay`, events from Stripe's Events API through the same publish path.
 
 pub mod app;
 pub mod bench;
@@ -24,7 +26,9 @@ pub mod config;
 pub mod dedup;
 pub mod event;
 pub mod http;
+pub mod logging;
 pub mod metrics;
+pub mod replay;
 pub mod route;
 pub mod sink;
 pub mod verify;

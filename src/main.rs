@@ -1,4 +1,4 @@
-//! The `hookbridge` command line: serve, check-config, route, sign, send.
+//! The `hookbridge` command line: serve, check-config, route, sign, send, bench, replay.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -71,6 +71,8 @@ enum Command {
     },
     /// Load-test a webhook endpoint with signed fixture events; report throughput and latency.
     Bench(hookbridge::bench::BenchArgs),
+    /// Publish events from Stripe's Events API (last 30 days) through the routes, oldest first.
+    Replay(hookbridge::replay::ReplayArgs),
 }
 
 /// An error and the exit code it deserves.
@@ -145,6 +147,12 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Send { url, secret, files } => send(&url, &secret, &files),
         Command::Bench(args) => hookbridge::bench::run_cli(args)
             .map(ExitCode::from)
+            .map_err(|e| Failure {
+                code: e.exit_code(),
+                message: e.to_string(),
+            }),
+        Command::Replay(args) => hookbridge::replay::run_cli(args)
+            .map(|()| ExitCode::SUCCESS)
             .map_err(|e| Failure {
                 code: e.exit_code(),
                 message: e.to_string(),
@@ -293,7 +301,7 @@ fn init_tracing(settings: &Settings) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(hookbridge::logging::capped_stderr(settings.log.json));
     if settings.log.json {
         builder.json().flatten_event(true).init();
     } else {

@@ -425,7 +425,7 @@ async fn a_permanent_failure_is_dead_lettered_with_why_and_answered_200() {
     assert_eq!(
         metric(
             &text,
-            "hookbridge_publish_errors_total{sink=\"a\",destination=\"stripe.invoice\",class=\"permanent\"}"
+            "hookbridge_publish_errors_total{sink=\"a\",destination=\"stripe.{object}\",class=\"permanent\"}"
         ),
         Some(1.0),
         "{text}"
@@ -433,7 +433,7 @@ async fn a_permanent_failure_is_dead_lettered_with_why_and_answered_200() {
     assert_eq!(
         metric(
             &text,
-            "hookbridge_published_total{sink=\"dlq\",destination=\"dead.test\"}"
+            "hookbridge_published_total{sink=\"dlq\",destination=\"dead.{livemode}\"}"
         ),
         Some(1.0),
         "{text}"

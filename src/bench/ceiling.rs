@@ -57,6 +57,7 @@ impl CeilingArgs {
                     payload: body,
                     meta,
                     signature,
+                    replayed: false,
                     extra_headers: Vec::new(),
                 })
             })

@@ -309,6 +309,12 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
             "must be greater than 0 (set dedup.capacity to 0 to turn dedup off)",
         );
     }
+    if raw.dedup.capacity > 0 && raw.dedup.max_bytes < 4096 {
+        p.push(
+            "dedup.max_bytes",
+            "must be at least 4096 (set dedup.capacity to 0 to turn dedup off)",
+        );
+    }
     let json = match raw.log.format.as_str() {
         "text" => false,
         "json" => true,

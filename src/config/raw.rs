@@ -238,7 +238,7 @@ pub struct RawTarget {
 }
 
 /// Duplicate suppression: an event id published within the window is answered 200 and not
-/// published again. Bounded by count and by age.
+/// published again. Bounded by count, by bytes and by age.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDedup {
@@ -248,6 +248,10 @@ pub struct RawDedup {
     /// How long an event id is remembered.
     #[serde(default = "default_dedup_ttl", deserialize_with = "duration")]
     pub ttl: Duration,
+    /// Memory the remembered ids (and, for a fan-out that partly failed, the names of the targets
+    /// that confirmed) may take, estimated; the oldest are forgotten beyond it.
+    #[serde(default = "default_dedup_max_bytes")]
+    pub max_bytes: usize,
 }
 
 impl Default for RawDedup {
@@ -255,8 +259,13 @@ impl Default for RawDedup {
         RawDedup {
             capacity: default_dedup_capacity(),
             ttl: default_dedup_ttl(),
+            max_bytes: default_dedup_max_bytes(),
         }
     }
+}
+
+fn default_dedup_max_bytes() -> usize {
+    16 * 1024 * 1024
 }
 
 fn default_dedup_capacity() -> usize {

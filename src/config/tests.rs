@@ -137,6 +137,7 @@ log:
   format: xml
 dedup:
   ttl: "0s"
+  max_bytes: 100
 "#;
     let p = problems(yaml);
     for needle in [
@@ -163,6 +164,7 @@ dedup:
         "routes[1].to[5].topic: template `a.{nope}` has an unknown placeholder",
         "log.format",
         "dedup.ttl",
+        "dedup.max_bytes: must be at least 4096",
     ] {
         assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
     }

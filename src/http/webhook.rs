@@ -12,11 +12,12 @@ use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
+use tracing::Instrument;
 
 use super::client_ip::{allowed, client_ip};
 use super::response::{received, Rejection};
 use crate::app::{Live, State};
-use crate::dedup::Claim;
+use crate::dedup::{target_key, Claim};
 use crate::event::EventMeta;
 use crate::metrics::{
     EndpointLabel, EndpointReason, EndpointStatus, SinkDestination, SinkError as SinkErrorLabels, SinkLabel,
@@ -142,6 +143,27 @@ async fn process(
     outcome.event_id = Some(meta.id.clone());
     outcome.event_type = Some(meta.event_type.clone());
 
+    // Every line logged while this event is handled (sink warnings, broker client lines logged
+    // from the request's task) carries its id and type. At error level so that it is enabled
+    // whenever any line is, whatever the filter.
+    let span = tracing::error_span!("event", event_id = %meta.id, event_type = %meta.event_type);
+    deliver(state, live, endpoint, body, signature, meta, start, outcome)
+        .instrument(span)
+        .await
+}
+
+/// Dedup, route and publish one verified event.
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    state: &State,
+    live: &Live,
+    endpoint: &crate::app::Endpoint,
+    body: Bytes,
+    signature: Option<http::HeaderValue>,
+    meta: EventMeta,
+    start: Instant,
+    outcome: &mut Outcome,
+) -> Result<(), Rejection> {
     let label = || EndpointLabel {
         endpoint: endpoint.path.clone(),
     };
@@ -163,7 +185,7 @@ async fn process(
     let Some((_, route)) = live.router.route(&route::Incoming::new(&meta, Some(&endpoint.path))) else {
         state.metrics.unrouted.get_or_create(&label()).inc();
         outcome.note = "unrouted";
-        tracing::debug!(event_id = %meta.id, event_type = %meta.event_type, "no route matches; dropped");
+        tracing::debug!("no route matches; dropped");
         return Ok(());
     };
 
@@ -175,77 +197,123 @@ async fn process(
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default(),
         meta,
+        replayed: false,
         extra_headers: Vec::new(),
     };
-    publish_all(state, live, route, &envelope, start).await?;
-    claim.published(Instant::now());
+    let already = |key: &str| claim.already_confirmed(key);
+    let (result, confirmed) = publish_all(state, live, route, &envelope, start, &already).await;
+    match result {
+        Ok(()) => claim.published(Instant::now()),
+        // The targets that confirmed are remembered: Stripe's retry goes only to the others.
+        Err(e) => {
+            claim.partly_published(confirmed, Instant::now());
+            return Err(e.into());
+        }
+    }
     Ok(())
 }
 
-/// Publishes to every target concurrently, each bounded by `ack_timeout`; the worst outcome wins
-/// (a permanent failure over a retryable one).
-async fn publish_all(
+/// Publishes to every target concurrently, each bounded by `ack_timeout`, except those that
+/// `already_confirmed` says an earlier try of this event published to; the worst outcome wins (a
+/// permanent failure over a retryable one). Also returns the targets ([`target_key`]) that
+/// confirmed in this try. The one publish path: the webhook handler and `hookbridge replay` both
+/// call it, so a replayed event is published, counted and logged exactly as a delivered one.
+pub async fn publish_all(
     state: &State,
     live: &Live,
     route: &route::Route,
     envelope: &Envelope,
     start: Instant,
-) -> Result<(), Rejection> {
+    already_confirmed: &(dyn Fn(&str) -> bool + Sync),
+) -> (Result<(), SinkError>, Vec<String>) {
     let targets = route::destinations(route, &envelope.meta);
     let ack_timeout = live.ack_timeout;
     let deadline = Instant::now() + ack_timeout;
-    let results = futures::future::join_all(targets.iter().map(|(target, destination)| {
-        let sink = &live.sinks[target.sink];
-        async move {
-            let result = match tokio::time::timeout(ack_timeout, sink.publish(destination, envelope)).await {
-                Ok(r) => r,
-                Err(_) => Err(SinkError::retryable(format!(
-                    "sink {} did not confirm within {}",
-                    sink.name(),
-                    humantime::format_duration(ack_timeout)
-                ))),
-            };
-            record(state, sink.name(), destination, start, &result);
-            match (result, live.router.dead_letter_for(route)) {
-                (Err(e), Some(dl)) if !e.is_retryable() => {
-                    let on_publish = |s: &str, d: &str, r: &Result<(), SinkError>| record(state, s, d, start, r);
-                    crate::app::dead_letter(
-                        state,
-                        live,
-                        dl,
-                        sink.name(),
-                        destination,
-                        envelope,
-                        e,
-                        deadline,
-                        on_publish,
-                    )
-                    .await
-                }
-                (result, _) => result,
-            }
+    let results = futures::future::join_all(targets.iter().map(|(target, destination)| async move {
+        let Some(sink) = live.sinks.get(target.sink) else {
+            // Routes and sinks are validated together; this would be a wiring bug, not input.
+            let e = SinkError::permanent(format!("route names sink #{} that is not running", target.sink));
+            return (None, Err(e));
+        };
+        let key = target_key(sink.name(), destination);
+        if already_confirmed(&key) {
+            tracing::debug!(
+                sink = sink.name(),
+                destination,
+                "confirmed by an earlier try; not published again"
+            );
+            return (None, Ok(()));
         }
+        let result = match tokio::time::timeout(ack_timeout, sink.publish(destination, envelope)).await {
+            Ok(r) => r,
+            Err(_) => Err(SinkError::retryable(format!(
+                "sink {} did not confirm within {}",
+                sink.name(),
+                humantime::format_duration(ack_timeout)
+            ))),
+        };
+        record(
+            state,
+            sink.name(),
+            target.destination.as_str(),
+            destination,
+            start,
+            &result,
+        );
+        let result = match (result, live.router.dead_letter_for(route)) {
+            (Err(e), Some(dl)) if !e.is_retryable() => {
+                let template = dl.destination.as_str();
+                let on_publish = |s: &str, d: &str, r: &Result<(), SinkError>| record(state, s, template, d, start, r);
+                crate::app::dead_letter(
+                    state,
+                    live,
+                    dl,
+                    sink.name(),
+                    destination,
+                    envelope,
+                    e,
+                    deadline,
+                    on_publish,
+                )
+                .await
+            }
+            (result, _) => result,
+        };
+        (Some(key), result)
     }))
     .await;
     let mut worst: Option<SinkError> = None;
-    for r in results {
-        if let Err(e) = r {
-            let replace = match &worst {
-                None => true,
-                Some(w) => w.class == ErrorClass::Retryable && e.class == ErrorClass::Permanent,
-            };
-            if replace {
-                worst = Some(e);
+    let mut confirmed = Vec::new();
+    for (key, r) in results {
+        match r {
+            Ok(()) => confirmed.extend(key),
+            Err(e) => {
+                let replace = match &worst {
+                    None => true,
+                    Some(w) => w.class == ErrorClass::Retryable && e.class == ErrorClass::Permanent,
+                };
+                if replace {
+                    worst = Some(e);
+                }
             }
         }
     }
     match worst {
-        None => Ok(()),
-        Some(e) => Err(e.into()),
+        None => (Ok(()), confirmed),
+        Some(e) => (Err(e), confirmed),
     }
 }
 
-fn record(state: &State, sink: &str, destination: &str, start: Instant, result: &Result<(), SinkError>) {
+/// Counts a publish under the route's destination template (a bounded label: one series per
+/// target, not per Connect account or event type) and logs a failure with the rendered one.
+fn record(
+    state: &State,
+    sink: &str,
+    template: &str,
+    destination: &str,
+    start: Instant,
+    result: &Result<(), SinkError>,
+) {
     match result {
         Ok(()) => {
             state
@@ -253,7 +321,7 @@ fn record(state: &State, sink: &str, destination: &str, start: Instant, result: 
                 .published
                 .get_or_create(&SinkDestination {
                     sink: sink.to_string(),
-                    destination: destination.to_string(),
+                    destination: template.to_string(),
                 })
                 .inc();
             state
@@ -268,7 +336,7 @@ fn record(state: &State, sink: &str, destination: &str, start: Instant, result: 
                 .publish_errors
                 .get_or_create(&SinkErrorLabels {
                     sink: sink.to_string(),
-                    destination: destination.to_string(),
+                    destination: template.to_string(),
                     class: e.class.as_str(),
                 })
                 .inc();

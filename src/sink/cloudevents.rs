@@ -148,6 +148,7 @@ mod tests {
             payload: bytes::Bytes::from_static(b"{}"),
             meta,
             signature: String::new(),
+            replayed: false,
             extra_headers: Vec::new(),
         }
     }
@@ -160,6 +161,7 @@ mod tests {
             payload: bytes::Bytes::from_static(body),
             meta: EventMeta::parse(body).unwrap(),
             signature: String::new(),
+            replayed: false,
             extra_headers: Vec::new(),
         };
         let h = headers(&envelope, Binding::Kafka);

@@ -74,7 +74,11 @@ pub struct Envelope {
     pub payload: Bytes,
     pub meta: EventMeta,
     /// The original `Stripe-Signature` header, so consumers can verify the bytes themselves.
+    /// Empty for a replayed event (the Events API signs nothing): no header is sent then.
     pub signature: String,
+    /// Fetched from Stripe's Events API by `hookbridge replay`, not delivered as a webhook:
+    /// the message carries `stripe-replayed: true` and no `stripe-signature`.
+    pub replayed: bool,
     /// Headers added after the standard ones, e.g. why a dead-lettered message failed.
     pub extra_headers: Vec<(&'static str, String)>,
 }
@@ -87,6 +91,7 @@ pub mod header {
     pub const LIVEMODE: &str = "stripe-livemode";
     pub const ACCOUNT: &str = "stripe-account";
     pub const SIGNATURE: &str = "stripe-signature";
+    pub const REPLAYED: &str = "stripe-replayed";
     pub const CONTENT_TYPE: &str = "content-type";
     /// On a dead-lettered message: the sink of the target that refused it.
     pub const FAILED_SINK: &str = "hookbridge-failed-sink";
@@ -102,7 +107,8 @@ impl Envelope {
         self.meta.key()
     }
 
-    /// The headers of SPEC.md, in a fixed order; optional ones only when present.
+    /// The headers of SPEC.md, in a fixed order; optional ones only when present. A replayed
+    /// event has `stripe-replayed: true` instead of `stripe-signature`.
     pub fn headers(&self) -> Vec<(&'static str, &str)> {
         let mut h = Vec::with_capacity(7 + self.extra_headers.len());
         h.push((header::EVENT_ID, self.meta.id.as_str()));
@@ -114,7 +120,12 @@ impl Envelope {
         if let Some(a) = &self.meta.account {
             h.push((header::ACCOUNT, a.as_str()));
         }
-        h.push((header::SIGNATURE, self.signature.as_str()));
+        if !self.signature.is_empty() {
+            h.push((header::SIGNATURE, self.signature.as_str()));
+        }
+        if self.replayed {
+            h.push((header::REPLAYED, "true"));
+        }
         h.push((header::CONTENT_TYPE, "application/json"));
         h.extend(self.extra_headers.iter().map(|(k, v)| (*k, v.as_str())));
         h

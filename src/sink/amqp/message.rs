@@ -162,6 +162,7 @@ mod tests {
                 thin: false,
             },
             signature: "t=1,v1=ab".into(),
+            replayed: false,
             extra_headers: Vec::new(),
         }
     }

@@ -39,6 +39,7 @@ fn envelope() -> Envelope {
         meta: EventMeta::parse(&body).unwrap(),
         payload: body,
         signature: "t=1,v1=00".into(),
+        replayed: false,
         extra_headers: Vec::new(),
     }
 }
