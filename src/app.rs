@@ -17,8 +17,8 @@ use crate::config::{HttpSettings, LogSettings, Secret, SecretSource, Settings, S
 use crate::dedup::{Dedup, Limits};
 use crate::http;
 use crate::metrics::Metrics;
-use crate::route::Router;
-use crate::sink::Sink;
+use crate::route::{Router, Target};
+use crate::sink::{Envelope, Sink, SinkError};
 use crate::verify::{Clock, SystemClock, Verifier};
 
 /// The extra time past `ack_timeout` that shutdown may take in all.
@@ -571,4 +571,82 @@ async fn serve(
     let _ = stop_admin.send(true);
     let _ = tokio::time::timeout(Duration::from_millis(50), admin_task).await;
     tracing::info!(took_ms = began.elapsed().as_millis() as u64, "shutdown complete");
+}
+
+/// The dead-letter step of the publish path. A target (`failed_sink`, `failed_destination`)
+/// refused the message for good with `failed`; it is published instead to `dead_letter`, with
+/// headers saying which target failed and why, waiting at most until `deadline`. `Ok` only when
+/// the dead-letter sink confirmed it; otherwise an error of the dead-letter publish's class that
+/// names both failures. A retryable `failed` is returned as it is: only permanent failures are
+/// parked, a retry may still deliver the others. `on_publish` records the dead-letter publish in
+/// the usual publish metrics.
+#[allow(clippy::too_many_arguments)]
+pub async fn dead_letter(
+    state: &State,
+    live: &Live,
+    dead_letter: &Target,
+    failed_sink: &str,
+    failed_destination: &str,
+    envelope: &Envelope,
+    failed: SinkError,
+    deadline: Instant,
+    on_publish: impl FnOnce(&str, &str, &Result<(), SinkError>),
+) -> Result<(), SinkError> {
+    use crate::sink::header::{FAILED_DESTINATION, FAILED_REASON, FAILED_SINK};
+    if failed.is_retryable() {
+        return Err(failed);
+    }
+    let Some(sink) = live.sinks.get(dead_letter.sink) else {
+        // Routes and sinks are validated together; this would be a wiring bug, not input.
+        return Err(SinkError::permanent(format!(
+            "{} (refused for good), and the dead-letter sink #{} is not running",
+            failed.message, dead_letter.sink
+        )));
+    };
+    let destination = dead_letter.destination.render(&envelope.meta);
+    let mut letter = envelope.clone();
+    letter.extra_headers.extend([
+        (FAILED_SINK, failed_sink.to_string()),
+        (FAILED_DESTINATION, failed_destination.to_string()),
+        (FAILED_REASON, failed.message.clone()),
+    ]);
+    let result = match tokio::time::timeout_at(deadline.into(), sink.publish(&destination, &letter)).await {
+        Ok(r) => r,
+        Err(_) => Err(SinkError::retryable(format!(
+            "sink {} did not confirm the dead letter in time",
+            sink.name()
+        ))),
+    };
+    on_publish(sink.name(), &destination, &result);
+    match result {
+        Ok(()) => {
+            state
+                .metrics
+                .dead_lettered
+                .get_or_create(&crate::metrics::DeadLettered {
+                    sink: failed_sink.to_string(),
+                    dead_letter_sink: sink.name().to_string(),
+                })
+                .inc();
+            tracing::warn!(
+                event_id = %envelope.meta.id,
+                sink = failed_sink,
+                destination = failed_destination,
+                dead_letter_sink = sink.name(),
+                dead_letter_destination = %destination,
+                error = %failed.message,
+                "refused for good; published to the dead letter instead"
+            );
+            Ok(())
+        }
+        Err(e) => Err(SinkError {
+            class: e.class,
+            message: format!(
+                "{} (refused for good), and the dead letter to sink {} failed too: {}",
+                failed.message,
+                sink.name(),
+                e.message
+            ),
+        }),
+    }
 }

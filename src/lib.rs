@@ -6,14 +6,15 @@
 //! - [`config`]: the YAML/env config in three shapes (raw, validated, runtime) and secrets.
 //! - [`verify`]: Stripe's signature scheme, with an injected clock; also signs for `hookbridge sign`.
 //! - [`event`]: event metadata (id, type, account, object id…) read from the raw bytes.
-//! - [`route`]: globs, destination templates and the first-match route table.
-//! - [`sink`]: the `Sink` trait, its error classes, and the kafka, rabbitmq, file, discard and
-//!   in-memory sinks.
+//! - [`route`]: globs, filters (livemode, account, endpoint), destination templates, the
+//!   first-match route table and the dead-letter targets.
+//! - [`sink`]: the `Sink` trait, its error classes, the kafka, rabbitmq, file, discard and
+//!   in-memory sinks, and the optional CloudEvents headers.
 //! - [`dedup`]: the bounded window of event ids already published.
 //! - [`http`]: the accept loop, the webhook handler, the admin port and the error→response mapping.
 //! - [`logging`]: log lines capped by bytes.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`app`]: wiring, serving and graceful shutdown.
+//! - [`app`]: wiring, serving, graceful shutdown, and the dead-letter step of the publish path.
 //! - [`client`]: the HTTP client behind `hookbridge send`.
 //! - [`bench`]: the load generator behind `hookbridge bench`.
 //! - [`replay`]: `hookbridge replay`, events from Stripe's Events API through the same publish path.

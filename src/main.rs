@@ -33,13 +33,23 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
-    /// Print where an event of TYPE would go.
+    /// Print where an event of TYPE would go, and why each route before it did not match.
     Route {
         /// An event type such as invoice.paid.
         #[arg(value_name = "TYPE")]
         event_type: String,
         #[arg(long)]
         config: Option<PathBuf>,
+        /// The event is a live-mode event (default: test mode).
+        #[arg(long)]
+        livemode: bool,
+        /// The event's Connect account (default: none, the platform's own event).
+        #[arg(long, value_name = "ID")]
+        account: Option<String>,
+        /// The endpoint path the event arrived on (default: none; routes with an `endpoint`
+        /// condition then do not match).
+        #[arg(long, value_name = "PATH")]
+        endpoint: Option<String>,
     },
     /// Print a Stripe-Signature header value for the body in FILE (or stdin).
     Sign {
@@ -113,24 +123,15 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             println!("config {} is valid", path.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Route { event_type, config } => {
+        Command::Route {
+            event_type,
+            config,
+            livemode,
+            account,
+            endpoint,
+        } => {
             let settings = config::load(&config::resolve_path(config))?;
-            match settings.router.route(&event_type) {
-                None => println!("{event_type}: no route matches; the event is answered 200 and dropped"),
-                Some((i, route)) => {
-                    let globs: Vec<_> = route.patterns.iter().map(|g| g.as_str()).collect();
-                    println!("{event_type}: routes[{i}] (match {})", globs.join(", "));
-                    for t in &route.targets {
-                        let kind = settings.sinks[t.sink].config.kind();
-                        let field = if kind == "rabbitmq" { "routing_key" } else { "topic" };
-                        println!(
-                            "  -> sink {} ({kind}) {field} {}",
-                            t.sink_name,
-                            t.destination.render_for_type(&event_type)
-                        );
-                    }
-                }
-            }
+            print!("{}", explain_route(&settings, &event_type, livemode, account, endpoint));
             Ok(ExitCode::SUCCESS)
         }
         Command::Sign {
@@ -319,6 +320,107 @@ fn init_tracing(settings: &Settings) {
     }
 }
 
+/// What `hookbridge route` prints: each route up to the first that matches, with the reasons the
+/// others did not, then the matching route's destinations (rendered for this event) and its
+/// dead-letter target; or that the event is dropped.
+fn explain_route(
+    settings: &Settings,
+    event_type: &str,
+    livemode: bool,
+    account: Option<String>,
+    endpoint: Option<String>,
+) -> String {
+    use hookbridge::route::Incoming;
+    use std::fmt::Write;
+    let meta = hookbridge::event::EventMeta {
+        id: "evt_example".into(),
+        event_type: event_type.to_string(),
+        api_version: None,
+        livemode,
+        account: account.filter(|a| !a.is_empty() && a != "platform"),
+        object_id: None,
+        created: None,
+        thin: false,
+    };
+    let event = Incoming::new(&meta, endpoint.as_deref());
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "event {event_type}, {} mode, account {}, endpoint {}",
+        event.mode_label(),
+        event.account_label(),
+        endpoint.as_deref().unwrap_or("(none given)")
+    );
+    if let Some(e) = endpoint
+        .as_deref()
+        .filter(|e| !settings.endpoints.iter().any(|x| x.path == *e))
+    {
+        let known: Vec<_> = settings.endpoints.iter().map(|x| x.path.as_str()).collect();
+        let _ = writeln!(
+            out,
+            "  note: no endpoint has path {e}, so no event arrives there (known: {})",
+            known.join(", ")
+        );
+    }
+    let target = |t: &hookbridge::route::Target| {
+        let kind = settings.sinks[t.sink].config.kind();
+        let field = if kind == "rabbitmq" { "routing_key" } else { "topic" };
+        format!("sink {} ({kind}) {field} {}", t.sink_name, t.destination.render(&meta))
+    };
+    let mut matched = None;
+    for (i, route, why) in settings.router.explain(&event) {
+        let globs: Vec<_> = route.patterns.iter().map(|g| g.as_str()).collect();
+        let filters = route.describe_filters();
+        let filters = if filters.is_empty() {
+            String::new()
+        } else {
+            format!("; {filters}")
+        };
+        if why.is_empty() {
+            let _ = writeln!(out, "  routes[{i}] (match {}{filters}): matches", globs.join(", "));
+            matched = Some((i, route, globs));
+        } else {
+            let reasons: Vec<_> = why.iter().map(|m| m.describe(&event)).collect();
+            let _ = writeln!(
+                out,
+                "  routes[{i}] (match {}{filters}): no: {}",
+                globs.join(", "),
+                reasons.join("; ")
+            );
+        }
+    }
+    match matched {
+        None => {
+            let _ = writeln!(
+                out,
+                "{event_type}: no route matches; the event is answered 200 and dropped"
+            );
+        }
+        Some((i, route, globs)) => {
+            let _ = writeln!(out, "{event_type}: routes[{i}] (match {})", globs.join(", "));
+            for t in &route.targets {
+                let _ = writeln!(out, "  -> {}", target(t));
+            }
+            match settings.router.dead_letter_for(route) {
+                Some(dl) => {
+                    let _ = writeln!(
+                        out,
+                        "  a target that refuses it for good: dead letter -> {}",
+                        target(dl)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "  a target that refuses it for good: answered 500 (no dead letter)"
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
 /// The resolved config, secrets redacted.
 fn describe(s: &Settings) -> String {
     use std::fmt::Write;
@@ -356,7 +458,24 @@ fn describe(s: &Settings) -> String {
             .iter()
             .map(|t| format!("{} -> {}", t.sink_name, t.destination.as_str()))
             .collect();
-        let _ = writeln!(out, "  [{i}] {} => {}", globs.join(", "), targets.join("; "));
+        let filters = r.describe_filters();
+        let filters = if filters.is_empty() {
+            String::new()
+        } else {
+            format!(" ({filters})")
+        };
+        let _ = writeln!(out, "  [{i}] {}{filters} => {}", globs.join(", "), targets.join("; "));
+        if let Some(dl) = &r.dead_letter {
+            let _ = writeln!(
+                out,
+                "      dead letter => {} -> {}",
+                dl.sink_name,
+                dl.destination.as_str()
+            );
+        }
+    }
+    if let Some(dl) = s.router.dead_letter() {
+        let _ = writeln!(out, "dead_letter: {} -> {}", dl.sink_name, dl.destination.as_str());
     }
     out
 }

@@ -55,6 +55,13 @@ pub const BUILD: BuildLabels = BuildLabels {
     commit: env!("HOOKBRIDGE_GIT_COMMIT"),
 };
 
+/// A dead-lettered message: the sink of the target that refused it, and the dead-letter sink.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeadLettered {
+    pub sink: String,
+    pub dead_letter_sink: String,
+}
+
 /// Every metric hookbridge exports.
 pub struct Metrics {
     registry: Registry,
@@ -68,6 +75,7 @@ pub struct Metrics {
     pub publish_seconds: Family<SinkLabel, Histogram>,
     pub in_flight: Gauge,
     pub sink_up: Family<SinkLabel, Gauge>,
+    pub dead_lettered: Family<DeadLettered, Counter>,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -138,6 +146,12 @@ impl Metrics {
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info.get_or_create(&BUILD).set(1);
         registry.register("build_info", "Always 1; the labels name the running build", build_info);
+        let dead_lettered = Family::<DeadLettered, Counter>::default();
+        registry.register(
+            "dead_lettered",
+            "Messages a target refused for good that the dead-letter sink confirmed instead",
+            dead_lettered.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -150,6 +164,7 @@ impl Metrics {
             publish_seconds,
             in_flight,
             sink_up,
+            dead_lettered,
         }
     }
 

@@ -157,7 +157,7 @@ fn route_prints_targets_or_drop() {
         "{out}"
     );
     assert!(
-        out.contains("sink b (discard) topic customer.subscription.{livemode}"),
+        out.contains("sink b (discard) topic customer.subscription.test"),
         "{out}"
     );
     let o = hookbridge(&["route", "invoice.paid", "--config", &cfg]);

@@ -218,14 +218,6 @@ async fn a_consumer_verifies_a_record_with_stripes_official_sdk() {
     assert_eq!(code, 1, "a tampered record must not verify");
 }
 
-/// An event whose body is about `size` bytes.
-fn big_event(id: &str, size: usize) -> Bytes {
-    let filler = "x".repeat(size);
-    Bytes::from(format!(
-        r#"{{"id":"{id}","object":"event","api_version":"2024-06-20","created":1700000000,"data":{{"object":{{"id":"obj_big","object":"thing","description":"{filler}"}}}},"livemode":false,"type":"file.created"}}"#
-    ))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_larger_than_kafka_accepts_is_500_promptly_and_the_sink_stays_usable() {
     require_broker(Duration::from_secs(10));

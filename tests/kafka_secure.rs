@@ -71,7 +71,7 @@ fn mtls(ca_file: &str, cert: &Path, key: &Path) -> Vec<(&'static str, String)> {
 
 /// Starts a bridge on `config`, posts one event, and checks it reads back byte for byte.
 async fn round_trip(config: &str, topic: &str) {
-    create_topic(topic).await;
+    create_topic(topic, &[]).await;
     let bridge = spawn(config).await;
     wait_ready(bridge.admin_addr, Duration::from_secs(15)).await;
     assert_published(&bridge, topic, "secured").await;
@@ -174,7 +174,7 @@ async fn a_wrong_password_is_503_named_in_readyz_and_fixing_the_file_recovers() 
     let pw = secret_file(dir.path(), "pw", "not-the-password");
     let topic = unique_topic("wrongpw");
     let options = sasl("SCRAM-SHA-512", KAFKA_SCRAM_USER, &ca(&certs));
-    create_topic(&topic).await;
+    create_topic(&topic, &[]).await;
     let bridge = spawn(&config(
         &sasl_ssl_brokers(),
         &options,
@@ -201,7 +201,7 @@ async fn an_untrusted_broker_certificate_is_503_named_in_readyz_and_fixing_the_c
     install("other-ca.pem", &ca_file);
     let topic = unique_topic("untrusted");
     let options = sasl("SCRAM-SHA-512", KAFKA_SCRAM_USER, &ca_file.display().to_string());
-    create_topic(&topic).await;
+    create_topic(&topic, &[]).await;
     let bridge = spawn(&config(
         &sasl_ssl_brokers(),
         &options,
@@ -226,7 +226,7 @@ async fn refused_client_certificate_recovers(bad: &str) {
     install(&format!("{bad}.pem"), &cert);
     install(&format!("{bad}.key"), &key);
     let topic = unique_topic(bad);
-    create_topic(&topic).await;
+    create_topic(&topic, &[]).await;
     let bridge = spawn(&config(&ssl_brokers(), &mtls(&ca(&certs), &cert, &key), &[], &topic)).await;
     let body = stripe_event(&unique_id(bad), "invoice.paid", "in_1", None, false);
     assert_unavailable(&bridge, "events", body, "client certificate refused by the broker").await;
@@ -262,7 +262,7 @@ async fn a_scram_password_rotated_under_load_fails_no_request_and_loses_no_event
     let pw = secret_file(dir.path(), "pw", &old_pw);
     let topic = unique_topic("rotate");
     let options = sasl("SCRAM-SHA-512", &user, &ca(&certs));
-    create_topic(&topic).await;
+    create_topic(&topic, &[]).await;
     let bridge = spawn(&config(
         &sasl_ssl_brokers(),
         &options,
@@ -364,7 +364,7 @@ fn no_password_appears_in_logs_answers_or_check_config() {
     assert_no_secret("check-config output", &printed, &secrets);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(create_topic(&topic));
+    rt.block_on(create_topic(&topic, &[]));
     let mut served = serve_binary(dir.path(), &config_text);
     // Read the log while it is written: a full pipe would block the bridge.
     let log_reader = read_log(&mut served);
@@ -425,7 +425,7 @@ async fn compressed_round_trip(codec: &str) {
     require_broker(Duration::from_secs(10));
     let topic = unique_topic(codec);
     let config = one_topic_config(&format!("    compression: {codec}\n"), &topic);
-    create_topic(&topic).await;
+    create_topic(&topic, &[]).await;
     let bridge = spawn(&config).await;
     wait_ready(bridge.admin_addr, Duration::from_secs(15)).await;
     // A real-shaped, compressible body.

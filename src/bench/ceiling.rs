@@ -58,6 +58,7 @@ impl CeilingArgs {
                     meta,
                     signature,
                     replayed: false,
+                    extra_headers: Vec::new(),
                 })
             })
             .collect::<Result<_, String>>()?;

@@ -53,6 +53,10 @@ pub struct KafkaSinkConfig {
     /// printed; a property set here and in `options` is an error.
     #[serde(default)]
     pub secret_options: BTreeMap<String, SecretSource>,
+    /// `cloudevents` adds the CloudEvents attributes as `ce_*` record headers (Kafka protocol
+    /// binding, binary content mode) to the usual `stripe-*` ones. Default `stripe`.
+    #[serde(default)]
+    pub headers: crate::sink::cloudevents::HeaderMode,
 }
 
 /// Properties hookbridge sets itself and that `options` must not override.
@@ -101,6 +105,7 @@ impl std::fmt::Debug for KafkaSinkConfig {
             .field("queue_timeout", &self.queue_timeout)
             .field("options", &RedactedOptions(&self.options))
             .field("secret_options", &self.secret_options)
+            .field("headers", &self.headers)
             .finish()
     }
 }
@@ -567,7 +572,13 @@ mod tests {
                 .collect();
             assert_eq!(kafka.len(), 1);
             assert_eq!(kafka[0].properties(s.ack_timeout)["acks"], "all");
-            let (_, route) = s.router.route("customer.subscription.created").expect("routed");
+            let event = crate::route::Incoming {
+                event_type: "customer.subscription.created",
+                livemode: true,
+                account: None,
+                endpoint: Some("/webhooks/stripe"),
+            };
+            let (_, route) = s.router.route(&event).expect("routed");
             assert_eq!(route.targets.len(), 2, "fan-out");
             assert_eq!(s.endpoints[0].secrets[0].expose(), b"whsec_example_from_env");
             Ok(())

@@ -20,7 +20,7 @@ use figment::Figment;
 pub use raw::{RawConfig, RawSink};
 pub use secret::{Secret, SecretSource};
 
-use crate::route::{Glob, Route, Router, Target, Template};
+use crate::route::{Filters, Glob, Route, Router, Target, Template};
 
 /// The default config path when neither `--config` nor `$HOOKBRIDGE_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "config/hookbridge.yaml";
@@ -521,60 +521,121 @@ fn validate_routes(raw: &RawConfig, sinks: &[SinkSettings], p: &mut Problems) ->
         if r.to.is_empty() {
             p.push(format!("{path}.to"), "list at least one target");
         }
-        let mut targets = Vec::new();
-        for (j, t) in r.to.iter().enumerate() {
-            let tpath = format!("{path}.to[{j}]");
-            let Some(index) = sinks.iter().position(|s| s.name == t.sink) else {
-                let known: Vec<_> = sinks.iter().map(|s| s.name.as_str()).collect();
-                p.push(
-                    format!("{tpath}.sink"),
-                    format!("no sink named `{}` (known: {})", t.sink, known.join(", ")),
-                );
-                continue;
-            };
-            let kind = sinks[index].config.kind();
-            let wants_routing_key = kind == "rabbitmq";
-            let (field, value) = match (wants_routing_key, &t.topic, &t.routing_key) {
-                (false, Some(topic), None) => ("topic", topic),
-                (true, None, Some(key)) => ("routing_key", key),
-                (false, _, Some(_)) => {
-                    p.push(
-                        format!("{tpath}.routing_key"),
-                        format!("a {kind} sink takes `topic`, not `routing_key`"),
-                    );
-                    continue;
-                }
-                (true, Some(_), _) => {
-                    p.push(
-                        format!("{tpath}.topic"),
-                        "a rabbitmq sink takes `routing_key`, not `topic`",
-                    );
-                    continue;
-                }
-                (false, None, None) => {
-                    p.push(format!("{tpath}.topic"), format!("a {kind} sink needs a `topic`"));
-                    continue;
-                }
-                (true, None, None) => {
-                    p.push(format!("{tpath}.routing_key"), "a rabbitmq sink needs a `routing_key`");
-                    continue;
-                }
-            };
-            match Template::parse(value) {
-                Ok(destination) => targets.push(Target {
-                    sink: index,
-                    sink_name: t.sink.clone(),
-                    destination,
-                }),
-                Err(e) => p.push(format!("{tpath}.{field}"), format!("template `{value}` {e}")),
-            }
-        }
+        let targets =
+            r.to.iter()
+                .enumerate()
+                .filter_map(|(j, t)| validate_target(&format!("{path}.to[{j}]"), t, sinks, p))
+                .collect();
+        let filters = validate_filters(&path, r, raw, p);
+        let dead_letter = r
+            .dead_letter
+            .as_ref()
+            .and_then(|t| validate_target(&format!("{path}.dead_letter"), t, sinks, p));
         routes.push(Route {
             patterns: r.patterns.iter().map(|g| Glob::new(g)).collect(),
+            filters,
             targets,
+            dead_letter,
         });
     }
-    Router::new(routes)
+    let dead_letter = raw
+        .dead_letter
+        .as_ref()
+        .and_then(|t| validate_target("dead_letter", t, sinks, p));
+    Router::new(routes).with_dead_letter(dead_letter)
+}
+
+/// A route's `livemode`, `account` and `endpoint` conditions.
+fn validate_filters(path: &str, r: &raw::RawRoute, raw: &RawConfig, p: &mut Problems) -> Filters {
+    let mut filters = Filters {
+        livemode: r.livemode,
+        ..Filters::default()
+    };
+    if let Some(accounts) = &r.account {
+        if accounts.is_empty() {
+            p.push(
+                format!("{path}.account"),
+                "list at least one account glob (`platform` for events without an account), or leave it out",
+            );
+        }
+        for (j, a) in accounts.iter().enumerate() {
+            if a.trim().is_empty() {
+                p.push(format!("{path}.account[{j}]"), "an account glob must not be empty");
+            }
+            filters.accounts.push(Glob::new(a));
+        }
+    }
+    if let Some(endpoints) = &r.endpoint {
+        if endpoints.is_empty() {
+            p.push(
+                format!("{path}.endpoint"),
+                "list at least one endpoint path, or leave it out",
+            );
+        }
+        for (j, e) in endpoints.iter().enumerate() {
+            if !raw.endpoints.iter().any(|ep| &ep.path == e) {
+                let known: Vec<_> = raw.endpoints.iter().map(|ep| ep.path.as_str()).collect();
+                p.push(
+                    format!("{path}.endpoint[{j}]"),
+                    format!("no endpoint has path `{e}` (known: {})", known.join(", ")),
+                );
+            }
+            filters.endpoints.push(e.clone());
+        }
+    }
+    filters
+}
+
+/// One target (of a route's `to`, or a `dead_letter`): its sink must exist and its destination
+/// field fit the sink's kind.
+fn validate_target(tpath: &str, t: &raw::RawTarget, sinks: &[SinkSettings], p: &mut Problems) -> Option<Target> {
+    let Some(index) = sinks.iter().position(|s| s.name == t.sink) else {
+        let known: Vec<_> = sinks.iter().map(|s| s.name.as_str()).collect();
+        p.push(
+            format!("{tpath}.sink"),
+            format!("no sink named `{}` (known: {})", t.sink, known.join(", ")),
+        );
+        return None;
+    };
+    let kind = sinks[index].config.kind();
+    let wants_routing_key = kind == "rabbitmq";
+    let (field, value) = match (wants_routing_key, &t.topic, &t.routing_key) {
+        (false, Some(topic), None) => ("topic", topic),
+        (true, None, Some(key)) => ("routing_key", key),
+        (false, _, Some(_)) => {
+            p.push(
+                format!("{tpath}.routing_key"),
+                format!("a {kind} sink takes `topic`, not `routing_key`"),
+            );
+            return None;
+        }
+        (true, Some(_), _) => {
+            p.push(
+                format!("{tpath}.topic"),
+                "a rabbitmq sink takes `routing_key`, not `topic`",
+            );
+            return None;
+        }
+        (false, None, None) => {
+            p.push(format!("{tpath}.topic"), format!("a {kind} sink needs a `topic`"));
+            return None;
+        }
+        (true, None, None) => {
+            p.push(format!("{tpath}.routing_key"), "a rabbitmq sink needs a `routing_key`");
+            return None;
+        }
+    };
+    match Template::parse(value) {
+        Ok(destination) => Some(Target {
+            sink: index,
+            sink_name: t.sink.clone(),
+            destination,
+        }),
+        Err(e) => {
+            p.push(format!("{tpath}.{field}"), format!("template `{value}` {e}"));
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -47,6 +47,10 @@ pub struct RabbitMqSinkConfig {
     /// Longest pause between reconnection attempts; the backoff starts at 100ms and doubles.
     #[serde(default = "default_reconnect_max_delay", deserialize_with = "duration")]
     pub reconnect_max_delay: Duration,
+    /// `cloudevents` adds the CloudEvents attributes as `cloudEvents:*` message headers (AMQP
+    /// protocol binding, binary content mode) to the usual `stripe-*` ones. Default `stripe`.
+    #[serde(default)]
+    pub headers: crate::sink::cloudevents::HeaderMode,
 }
 
 /// TLS of the `rabbitmq` sink (PEM files).
@@ -114,6 +118,7 @@ impl std::fmt::Debug for RabbitMqSinkConfig {
             .field("max_in_flight", &self.max_in_flight)
             .field("connect_timeout", &self.connect_timeout)
             .field("reconnect_max_delay", &self.reconnect_max_delay)
+            .field("headers", &self.headers)
             .finish()
     }
 }

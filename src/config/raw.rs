@@ -35,6 +35,10 @@ pub struct RawConfig {
     /// Ordered routes; the first whose `match` fits the event type wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// Where a message goes that a target refused for good (too large, no such topic), for routes
+    /// without a `dead_letter` of their own. Off when absent.
+    #[serde(default)]
+    pub dead_letter: Option<RawTarget>,
     /// Duplicate suppression of event ids already published.
     #[serde(default)]
     pub dedup: RawDedup,
@@ -188,6 +192,10 @@ pub struct FileSinkConfig {
     /// records are written to the OS before the answer.
     #[serde(default)]
     pub fsync: bool,
+    /// `cloudevents` adds the CloudEvents attributes to each record's `headers`, named as in
+    /// Kafka (`ce_id`, `ce_source`, …), to the usual `stripe-*` ones. Default `stripe`.
+    #[serde(default)]
+    pub headers: crate::sink::cloudevents::HeaderMode,
 }
 
 /// Confirms every message without storing it: for benchmarks and dry runs.
@@ -206,8 +214,22 @@ pub struct RawRoute {
     /// One glob or a list; `*` matches any run of characters.
     #[serde(rename = "match", deserialize_with = "one_or_many")]
     pub patterns: Vec<String>,
+    /// Only live-mode (`true`) or only test-mode (`false`) events; absent: both.
+    #[serde(default)]
+    pub livemode: Option<bool>,
+    /// One glob or a list over the Connect account id; `platform` matches events without an
+    /// account. Absent: any account.
+    #[serde(default, deserialize_with = "opt_one_or_many")]
+    pub account: Option<Vec<String>>,
+    /// One endpoint path or a list: only events that arrived there. Absent: any endpoint.
+    #[serde(default, deserialize_with = "opt_one_or_many")]
+    pub endpoint: Option<Vec<String>>,
     /// Targets; several mean fan-out, every one must confirm.
     pub to: Vec<RawTarget>,
+    /// Where a message goes that a target of this route refused for good; overrides the global
+    /// `dead_letter`.
+    #[serde(default)]
+    pub dead_letter: Option<RawTarget>,
 }
 
 /// One destination of a route.
@@ -314,6 +336,15 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    strings(d, "expected a glob string or a list of glob strings")
+}
+
+fn opt_one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
+    strings(d, "expected a string or a list of strings").map(Some)
+}
+
+/// One string or a list of strings, as a list; `expected` is the error otherwise.
+fn strings<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {
@@ -323,9 +354,7 @@ fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error>
     match Raw::deserialize(d) {
         Ok(Raw::One(s)) => Ok(vec![s]),
         Ok(Raw::Many(v)) => Ok(v),
-        Err(_) => Err(serde::de::Error::custom(
-            "expected a glob string or a list of glob strings",
-        )),
+        Err(_) => Err(serde::de::Error::custom(expected)),
     }
 }
 

@@ -56,12 +56,20 @@ fn good_config_validates_with_defaults() {
     // Sinks are sorted by name and targets point at them.
     let names: Vec<_> = s.sinks.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["amqp", "events", "local"]);
-    let (i, route) = s.router.route("customer.subscription.updated").unwrap();
+    let route_of = |t| {
+        s.router.route(&crate::route::Incoming {
+            event_type: t,
+            livemode: false,
+            account: None,
+            endpoint: Some("/webhooks/stripe"),
+        })
+    };
+    let (i, route) = route_of("customer.subscription.updated").unwrap();
     assert_eq!(i, 1);
     assert_eq!(route.targets.len(), 2);
     assert_eq!(s.sinks[route.targets[0].sink].name, "amqp");
-    assert_eq!(s.router.route("payment_intent.succeeded").unwrap().0, 0);
-    assert_eq!(s.router.route("invoice.paid").unwrap().0, 2);
+    assert_eq!(route_of("payment_intent.succeeded").unwrap().0, 0);
+    assert_eq!(route_of("invoice.paid").unwrap().0, 2);
 }
 
 #[test]
@@ -287,6 +295,11 @@ fn the_reference_config_documents_every_key() {
         "allow_networks:",
         "client_ip_header:",
         "trusted_proxies:",
+        "livemode:",
+        "account:",
+        "endpoint:",
+        "dead_letter:",
+        "headers:",
     ] {
         assert!(text.contains(key), "config/hookbridge.yaml does not mention `{key}`");
     }
@@ -346,4 +359,129 @@ fn absurd_durations_are_refused_instead_of_overflowing_later() {
         has(&p, "dedup.ttl: must be at most") && has(&p, "http.body_read_timeout: must be at most"),
         "{p:?}"
     );
+}
+
+const FILTERED: &str = r#"
+endpoints:
+  - path: /webhooks/live
+    secrets: [{ value: whsec_live }]
+  - path: /webhooks/test
+    secrets: [{ value: whsec_test }]
+sinks:
+  events:
+    kind: file
+    path: "-"
+  amqp:
+    kind: rabbitmq
+    url: "amqp://guest:guest@127.0.0.1:5672/%2f"
+    exchange: stripe
+dead_letter: { sink: events, topic: "stripe.dead-letter" }
+routes:
+  - match: "*"
+    livemode: true
+    account: platform
+    endpoint: /webhooks/live
+    to: [{ sink: events, topic: "stripe.live.{object}" }]
+    dead_letter: { sink: amqp, routing_key: "dead.{type}" }
+  - match: "*"
+    livemode: true
+    account: ["acct_1*", "acct_2"]
+    endpoint: [/webhooks/live]
+    to: [{ sink: events, topic: "stripe.connect.{account}" }]
+  - match: "*"
+    livemode: false
+    to: [{ sink: events, topic: "stripe.test.{object}" }]
+"#;
+
+#[test]
+fn route_filters_and_dead_letters_validate() {
+    let s = validate(parse_str(FILTERED).unwrap()).unwrap_or_else(|p| panic!("{p:?}"));
+    let routes = s.router.routes();
+    assert_eq!(routes[0].filters.livemode, Some(true));
+    assert_eq!(routes[0].filters.accounts[0].as_str(), "platform");
+    assert_eq!(routes[0].filters.endpoints, ["/webhooks/live"]);
+    assert_eq!(routes[1].filters.accounts.len(), 2);
+    assert!(routes[2].filters.accounts.is_empty() && routes[2].filters.endpoints.is_empty());
+    let own = s.router.dead_letter_for(&routes[0]).unwrap();
+    assert_eq!(
+        (own.sink_name.as_str(), own.destination.as_str()),
+        ("amqp", "dead.{type}")
+    );
+    let global = s.router.dead_letter_for(&routes[2]).unwrap();
+    assert_eq!(global.destination.as_str(), "stripe.dead-letter");
+    let event = |livemode, account, endpoint| crate::route::Incoming {
+        event_type: "invoice.paid",
+        livemode,
+        account,
+        endpoint: Some(endpoint),
+    };
+    let index = |e| s.router.route(&e).map(|(i, _)| i);
+    assert_eq!(index(event(true, None, "/webhooks/live")), Some(0));
+    assert_eq!(index(event(true, Some("acct_123"), "/webhooks/live")), Some(1));
+    assert_eq!(index(event(true, Some("acct_3"), "/webhooks/live")), None);
+    assert_eq!(
+        index(event(true, None, "/webhooks/test")),
+        None,
+        "a live event on the test endpoint"
+    );
+    assert_eq!(index(event(false, None, "/webhooks/live")), Some(2));
+    // Off by default.
+    let s = validate(parse_str(GOOD).unwrap()).unwrap();
+    assert!(s.router.dead_letter().is_none());
+    assert!(s.router.routes().iter().all(|r| s.router.dead_letter_for(r).is_none()));
+}
+
+#[test]
+fn bad_route_filters_and_dead_letters_name_their_key() {
+    let p = problems(&FILTERED.replace("endpoint: [/webhooks/live]", "endpoint: [/webhooks/nope]"));
+    assert!(
+        has(
+            &p,
+            "routes[1].endpoint[0]: no endpoint has path `/webhooks/nope` (known: /webhooks/live, /webhooks/test)"
+        ),
+        "{p:?}"
+    );
+    let p = problems(&FILTERED.replace("account: platform", "account: []"));
+    assert!(has(&p, "routes[0].account: list at least one account glob"), "{p:?}");
+    let p = problems(&FILTERED.replace("account: platform", "account: \"\""));
+    assert!(
+        has(&p, "routes[0].account[0]: an account glob must not be empty"),
+        "{p:?}"
+    );
+    let p = problems(&FILTERED.replace("livemode: false", "livemode: test"));
+    assert!(
+        has(
+            &p,
+            "routes.2.livemode: invalid type: found string \"test\", expected a boolean"
+        ),
+        "{p:?}"
+    );
+    let p = problems(&FILTERED.replace("account: platform", "account: {a: 1}"));
+    assert!(
+        has(&p, "routes.0.account: expected a string or a list of strings"),
+        "{p:?}"
+    );
+    let p = problems(&FILTERED.replace(
+        "dead_letter: { sink: events, topic: \"stripe.dead-letter\" }",
+        "dead_letter: { sink: nowhere, topic: x }",
+    ));
+    assert!(has(&p, "dead_letter.sink: no sink named `nowhere`"), "{p:?}");
+    let p = problems(&FILTERED.replace("routing_key: \"dead.{type}\"", "topic: dead"));
+    assert!(
+        has(
+            &p,
+            "routes[0].dead_letter.topic: a rabbitmq sink takes `routing_key`, not `topic`"
+        ),
+        "{p:?}"
+    );
+    let p = problems(&FILTERED.replace("stripe.dead-letter", "dead.{nope}"));
+    assert!(
+        has(
+            &p,
+            "dead_letter.topic: template `dead.{nope}` has an unknown placeholder"
+        ),
+        "{p:?}"
+    );
+    let p = problems(&FILTERED.replace("dead_letter: { sink: amqp", "dead_letters: { sink: amqp"));
+    assert!(has(&p, "dead_letters"), "{p:?}");
 }

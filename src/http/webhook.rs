@@ -182,7 +182,7 @@ async fn deliver(
             ));
         }
     };
-    let Some((_, route)) = live.router.route(&meta.event_type) else {
+    let Some((_, route)) = live.router.route(&route::Incoming::new(&meta, Some(&endpoint.path))) else {
         state.metrics.unrouted.get_or_create(&label()).inc();
         outcome.note = "unrouted";
         tracing::debug!("no route matches; dropped");
@@ -198,6 +198,7 @@ async fn deliver(
             .unwrap_or_default(),
         meta,
         replayed: false,
+        extra_headers: Vec::new(),
     };
     let already = |key: &str| claim.already_confirmed(key);
     let (result, confirmed) = publish_all(state, live, route, &envelope, start, &already).await;
@@ -227,6 +228,7 @@ pub async fn publish_all(
 ) -> (Result<(), SinkError>, Vec<String>) {
     let targets = route::destinations(route, &envelope.meta);
     let ack_timeout = live.ack_timeout;
+    let deadline = Instant::now() + ack_timeout;
     let results = futures::future::join_all(targets.iter().map(|(target, destination)| async move {
         let Some(sink) = live.sinks.get(target.sink) else {
             // Routes and sinks are validated together; this would be a wiring bug, not input.
@@ -258,6 +260,25 @@ pub async fn publish_all(
             start,
             &result,
         );
+        let result = match (result, live.router.dead_letter_for(route)) {
+            (Err(e), Some(dl)) if !e.is_retryable() => {
+                let template = dl.destination.as_str();
+                let on_publish = |s: &str, d: &str, r: &Result<(), SinkError>| record(state, s, template, d, start, r);
+                crate::app::dead_letter(
+                    state,
+                    live,
+                    dl,
+                    sink.name(),
+                    destination,
+                    envelope,
+                    e,
+                    deadline,
+                    on_publish,
+                )
+                .await
+            }
+            (result, _) => result,
+        };
         (Some(key), result)
     }))
     .await;

@@ -371,7 +371,8 @@ pub async fn run(
         };
         let meta = EventMeta::parse(&body).expect("spooled events were parsed when fetched");
         let (id, created) = (meta.id.clone(), meta.created.unwrap_or(0));
-        match router.route(&meta.event_type) {
+        // A replayed event arrived on no endpoint: routes with an `endpoint` condition skip it.
+        match router.route(&crate::route::Incoming::new(&meta, None)) {
             None => {
                 report.unrouted += 1;
                 if ui.list {
@@ -385,6 +386,7 @@ pub async fn run(
                         meta,
                         signature: String::new(),
                         replayed: true,
+                        extra_headers: Vec::new(),
                     };
                     if let Err(e) = publish(state, live, route, &envelope).await {
                         report.remaining = i as u64 + 1;

@@ -29,6 +29,8 @@ pub struct FileSink {
     name: String,
     tx: mpsc::Sender<Command>,
     alive: Arc<AtomicBool>,
+    /// Whether records also carry the CloudEvents `ce_*` headers.
+    header_mode: super::cloudevents::HeaderMode,
 }
 
 /// One line of the file.
@@ -86,13 +88,21 @@ impl FileSink {
             name: name.to_string(),
             tx,
             alive,
+            header_mode: config.headers,
         })
     }
 
     fn line(&self, destination: &str, envelope: &Envelope) -> Result<Vec<u8>, SinkError> {
         let payload = std::str::from_utf8(&envelope.payload)
             .map_err(|_| SinkError::permanent("the payload is not UTF-8 and cannot be written as a JSON string"))?;
-        let headers = envelope.headers();
+        let ce = match self.header_mode {
+            super::cloudevents::HeaderMode::Stripe => Vec::new(),
+            super::cloudevents::HeaderMode::Cloudevents => {
+                super::cloudevents::headers(envelope, super::cloudevents::Binding::Kafka)
+            }
+        };
+        let mut headers = envelope.headers();
+        headers.extend(ce.iter().map(|(k, v)| (*k, v.as_str())));
         let line = Line {
             sink: &self.name,
             destination,

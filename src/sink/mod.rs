@@ -1,6 +1,7 @@
 //! Sinks: where verified events are published. Each sink confirms durability before `publish`
 //! resolves, and sorts its own errors into retryable (503) and permanent (500).
 
+pub mod cloudevents;
 pub mod discard;
 pub mod file;
 pub mod memory;
@@ -108,6 +109,8 @@ pub struct Envelope {
     /// Fetched from Stripe's Events API by `hookbridge replay`, not delivered as a webhook:
     /// the message carries `stripe-replayed: true` and no `stripe-signature`.
     pub replayed: bool,
+    /// Headers added after the standard ones, e.g. why a dead-lettered message failed.
+    pub extra_headers: Vec<(&'static str, String)>,
 }
 
 /// Names of the message headers every sink attaches.
@@ -120,6 +123,12 @@ pub mod header {
     pub const SIGNATURE: &str = "stripe-signature";
     pub const REPLAYED: &str = "stripe-replayed";
     pub const CONTENT_TYPE: &str = "content-type";
+    /// On a dead-lettered message: the sink of the target that refused it.
+    pub const FAILED_SINK: &str = "hookbridge-failed-sink";
+    /// On a dead-lettered message: the topic or routing key that refused it.
+    pub const FAILED_DESTINATION: &str = "hookbridge-failed-destination";
+    /// On a dead-lettered message: why it was refused (the broker's error, one line).
+    pub const FAILED_REASON: &str = "hookbridge-failed-reason";
 }
 
 impl Envelope {
@@ -131,7 +140,7 @@ impl Envelope {
     /// The headers of SPEC.md, in a fixed order; optional ones only when present. A replayed
     /// event has `stripe-replayed: true` instead of `stripe-signature`.
     pub fn headers(&self) -> Vec<(&'static str, &str)> {
-        let mut h = Vec::with_capacity(7);
+        let mut h = Vec::with_capacity(7 + self.extra_headers.len());
         h.push((header::EVENT_ID, self.meta.id.as_str()));
         h.push((header::EVENT_TYPE, self.meta.event_type.as_str()));
         if let Some(v) = &self.meta.api_version {
@@ -148,6 +157,7 @@ impl Envelope {
             h.push((header::REPLAYED, "true"));
         }
         h.push((header::CONTENT_TYPE, "application/json"));
+        h.extend(self.extra_headers.iter().map(|(k, v)| (*k, v.as_str())));
         h
     }
 }

@@ -209,6 +209,14 @@ pub fn stripe_event(
     ))
 }
 
+/// An event whose body is about `size` bytes.
+pub fn big_event(id: &str, size: usize) -> bytes::Bytes {
+    let filler = "x".repeat(size);
+    bytes::Bytes::from(format!(
+        r#"{{"id":"{id}","object":"event","api_version":"2024-06-20","created":1700000000,"data":{{"object":{{"id":"obj_big","object":"thing","description":"{filler}"}}}},"livemode":false,"type":"file.created"}}"#
+    ))
+}
+
 /// The Python of the Stripe SDK venv made by `deploy/local/stripe-sdk.sh`.
 pub fn stripe_python() -> PathBuf {
     let dir = std::env::var_os("HOOKBRIDGE_STRIPE_SDK")
@@ -240,9 +248,10 @@ fn listener_at(offset: u16) -> String {
     format!("127.0.0.1:{}", port + offset)
 }
 
-/// Creates `topic` (one partition) on the test broker through the admin API and waits until the
-/// broker has it, so that a test's first publish does not race the topic's auto-creation.
-pub async fn create_topic(topic: &str) {
+/// Creates `topic` (one partition) with topic-level `config` (e.g. a small `max.message.bytes` so
+/// that the broker refuses larger records for good) through the admin API, so that a test's first
+/// publish does not race the topic's auto-creation. Panics when the broker does not create it.
+pub async fn create_topic(topic: &str, config: &[(&str, &str)]) {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -250,14 +259,19 @@ pub async fn create_topic(topic: &str) {
         .set("log_level", "3")
         .create()
         .expect("an admin client");
+    let new = config
+        .iter()
+        .fold(NewTopic::new(topic, 1, TopicReplication::Fixed(1)), |t, (k, v)| {
+            t.set(k, v)
+        });
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
     let results = admin
-        .create_topics(&[NewTopic::new(topic, 1, TopicReplication::Fixed(1))], &options)
+        .create_topics(&[new], &options)
         .await
         .unwrap_or_else(|e| panic!("creating topic {topic}: {e}"));
     for r in results {
-        if let Err((t, e)) = r {
-            panic!("creating topic {t}: {e}");
+        if let Err((name, code)) = r {
+            panic!("the broker did not create topic {name}: {code}");
         }
     }
 }

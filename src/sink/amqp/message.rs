@@ -6,20 +6,28 @@ use lapin::protocol::BasicProperties;
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 
+use crate::sink::cloudevents::{self, HeaderMode};
 use crate::sink::{Envelope, SinkError};
 
 /// AMQP short strings (routing key, message id, type) carry their length in one byte.
 pub const SHORT_STRING_MAX: usize = 255;
 
 /// The properties of SPEC.md: persistent, JSON, message id and type from the event, its
-/// `created` as timestamp, and the stripe-* headers as long strings.
-pub fn properties(envelope: &Envelope) -> Result<BasicProperties, SinkError> {
+/// `created` as timestamp, and the stripe-* headers as long strings; with
+/// [`HeaderMode::Cloudevents`] also the `cloudEvents:*` attributes (AMQP protocol binding; the
+/// `content_type` property is their `datacontenttype`).
+pub fn properties(envelope: &Envelope, mode: HeaderMode) -> Result<BasicProperties, SinkError> {
     let meta = &envelope.meta;
     short("event id", &meta.id)?;
     short("event type", &meta.event_type)?;
     let mut headers = FieldTable::default();
     for (name, value) in envelope.headers() {
         headers.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value)));
+    }
+    if mode == HeaderMode::Cloudevents {
+        for (name, value) in cloudevents::headers(envelope, cloudevents::Binding::Amqp) {
+            headers.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value)));
+        }
     }
     let mut props = BasicProperties::default()
         .with_delivery_mode(2)
@@ -155,6 +163,7 @@ mod tests {
             },
             signature: "t=1,v1=ab".into(),
             replayed: false,
+            extra_headers: Vec::new(),
         }
     }
 
@@ -167,7 +176,8 @@ mod tests {
 
     #[test]
     fn properties_follow_the_spec() {
-        let p = properties(&envelope(Some(1_700_000_000), Some("acct_1"))).unwrap_or_else(|e| panic!("{e}"));
+        let p = properties(&envelope(Some(1_700_000_000), Some("acct_1")), HeaderMode::Stripe)
+            .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(*p.delivery_mode(), Some(2));
         assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
         assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some("evt_1"));
@@ -184,10 +194,10 @@ mod tests {
 
     #[test]
     fn optional_fields_are_left_out() {
-        let p = properties(&envelope(None, None)).unwrap_or_else(|e| panic!("{e}"));
+        let p = properties(&envelope(None, None), HeaderMode::Stripe).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(*p.timestamp(), None);
         assert_eq!(header(&p, "stripe-account"), None);
-        let p = properties(&envelope(Some(-5), None)).unwrap_or_else(|e| panic!("{e}"));
+        let p = properties(&envelope(Some(-5), None), HeaderMode::Stripe).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(*p.timestamp(), None);
     }
 
@@ -195,9 +205,34 @@ mod tests {
     fn overlong_short_strings_are_permanent() {
         let mut e = envelope(None, None);
         e.meta.event_type = "x".repeat(256);
-        let err = properties(&e).err().unwrap_or_else(|| panic!("must fail"));
+        let err = properties(&e, HeaderMode::Stripe)
+            .err()
+            .unwrap_or_else(|| panic!("must fail"));
         assert!(!err.is_retryable());
         assert!(short("routing key", &"k".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn cloudevents_headers_only_when_asked() {
+        let e = envelope(Some(1_700_000_000), Some("acct_1"));
+        let p = properties(&e, HeaderMode::Stripe).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(header(&p, "cloudEvents:id"), None);
+        let p = properties(&e, HeaderMode::Cloudevents).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(header(&p, "cloudEvents:id").as_deref(), Some("evt_1"));
+        assert_eq!(header(&p, "cloudEvents:type").as_deref(), Some("invoice.paid"));
+        assert_eq!(header(&p, "cloudEvents:specversion").as_deref(), Some("1.0"));
+        assert_eq!(
+            header(&p, "cloudEvents:source").as_deref(),
+            Some("https://api.stripe.com/v1/accounts/acct_1")
+        );
+        assert_eq!(header(&p, "cloudEvents:time").as_deref(), Some("2023-11-14T22:13:20Z"));
+        assert_eq!(header(&p, "cloudEvents:subject").as_deref(), Some("in_1"));
+        assert_eq!(
+            header(&p, "stripe-event-id").as_deref(),
+            Some("evt_1"),
+            "stripe headers stay"
+        );
+        assert_eq!(p.content_type().as_ref().map(|s| s.as_str()), Some("application/json"));
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub struct AmqpSink {
     exchange: Arc<str>,
     ack_timeout: Duration,
     permits: Arc<Semaphore>,
+    /// Whether messages also carry the CloudEvents `cloudEvents:*` headers.
+    headers: crate::sink::cloudevents::HeaderMode,
 }
 
 impl AmqpSink {
@@ -151,6 +153,7 @@ impl AmqpSink {
             exchange: Arc::from(config.exchange.as_str()),
             ack_timeout,
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
+            headers: config.headers,
         })
     }
 
@@ -177,7 +180,7 @@ impl AmqpSink {
     async fn publish_inner(&self, destination: &str, envelope: &Envelope) -> Result<(), SinkError> {
         let deadline = tokio::time::Instant::now() + self.ack_timeout;
         message::short("routing key", destination)?;
-        let properties = message::properties(envelope)?;
+        let properties = message::properties(envelope, self.headers)?;
         let conn = self.connection()?;
         let permit = match tokio::time::timeout_at(deadline, self.permits.clone().acquire_owned()).await {
             Ok(Ok(p)) => p,

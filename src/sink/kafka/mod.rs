@@ -33,6 +33,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use super::cloudevents::{self, HeaderMode};
 use super::{Envelope, ErrorClass, Sink, SinkError};
 use crate::config::kafka::{is_sensitive, KafkaSinkConfig};
 
@@ -123,6 +124,8 @@ pub struct KafkaSink {
     client_config: ClientConfig,
     queue_timeout: Duration,
     message_timeout: Duration,
+    /// Whether records also carry the CloudEvents `ce_*` headers.
+    headers: HeaderMode,
     producer: RwLock<Arc<Producer_>>,
     /// Whether the current producer publishes; see [`Progress`].
     progress: std::sync::Mutex<Progress>,
@@ -185,6 +188,7 @@ impl KafkaSink {
             client_config,
             queue_timeout: timings.queue_timeout,
             message_timeout: timings.message_timeout,
+            headers: config.headers,
             producer: RwLock::new(Arc::new(producer)),
             progress: std::sync::Mutex::new(Progress::default()),
             health: tokio::sync::Mutex::new(None),
@@ -320,10 +324,15 @@ impl KafkaSink {
     }
 
     async fn send(&self, producer: &Arc<Producer_>, topic: &str, envelope: &Envelope) -> Result<(), SinkError> {
+        let ce = match self.headers {
+            HeaderMode::Stripe => Vec::new(),
+            HeaderMode::Cloudevents => cloudevents::headers(envelope, cloudevents::Binding::Kafka),
+        };
         let headers = envelope
             .headers()
             .into_iter()
-            .fold(OwnedHeaders::new_with_capacity(7), |h, (key, value)| {
+            .chain(ce.iter().map(|(k, v)| (*k, v.as_str())))
+            .fold(OwnedHeaders::new_with_capacity(7 + ce.len()), |h, (key, value)| {
                 h.insert(Header {
                     key,
                     value: Some(value),

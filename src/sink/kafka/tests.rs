@@ -26,6 +26,7 @@ fn sink(brokers: String) -> KafkaSink {
         queue_timeout: None,
         options: BTreeMap::new(),
         secret_options: BTreeMap::new(),
+        headers: Default::default(),
     };
     KafkaSink::new("mock", &config, ACK).unwrap()
 }
@@ -39,6 +40,7 @@ fn envelope() -> Envelope {
         payload: body,
         signature: "t=1,v1=00".into(),
         replayed: false,
+        extra_headers: Vec::new(),
     }
 }
 
