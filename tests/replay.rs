@@ -831,6 +831,19 @@ async fn replay_json(yaml: String, api: &FakeStripe, expected: u64) -> serde_jso
 async fn replayed_events_land_in_kafka_in_order_byte_for_byte() {
     kafka_support::require_broker(Duration::from_secs(10));
     let topic = kafka_support::unique_topic("replay");
+    // The topic exists, as a production topic would: how the sink treats a topic the cluster
+    // is still auto-creating is tests/kafka.rs's business, and a replay stops at a permanent
+    // failure.
+    let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", kafka_support::brokers())
+        .create()
+        .unwrap();
+    let new_topic = rdkafka::admin::NewTopic::new(&topic, 1, rdkafka::admin::TopicReplication::Fixed(1));
+    let created = admin
+        .create_topics(&[new_topic], &rdkafka::admin::AdminOptions::new())
+        .await
+        .unwrap();
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
     // One object: one partition, so the order on the topic is the order of publishing.
     let all = events("kafka", 130, "invoice.paid", Some("in_one_object"));
     let api = FakeStripe::start(all.clone()).await;

@@ -7,8 +7,8 @@
 #
 # Installed with `go install` into ${HOOKBRIDGE_CACHE:-$HOME/.cache/hookbridge}/bin (pinned
 # version; a second run only checks). Serves plain HTTP on 127.0.0.1:$HOOKBRIDGE_STRIPE_MOCK_PORT
-# (default 12111), in the background, logging to the cache directory. The tests read the same
-# variable.
+# (default 12111; its HTTPS on the next port, also loopback only), in the background, logging to
+# the cache directory. The tests read the same variable.
 set -euo pipefail
 
 VERSION=v0.203.0
@@ -64,11 +64,16 @@ start() {
     return 0
   fi
   mkdir -p "$RUN_DIR"
-  (exec setsid "$BIN" -http-addr "127.0.0.1:$PORT" </dev/null >"$LOG" 2>&1) &
-  echo $! >"$PID_FILE"
+  # stripe-mock also serves HTTPS, by default on every interface's port 12112: keep it on
+  # loopback, on the next port.
+  (exec setsid "$BIN" -http-addr "127.0.0.1:$PORT" -https-addr "127.0.0.1:$((PORT + 1))" \
+    </dev/null >"$LOG" 2>&1) &
+  local pid=$!
+  echo "$pid" >"$PID_FILE"
   local deadline=$((SECONDS + 30))
   until answers; do
-    if [[ -z "$(server_pid)" ]]; then
+    # Not server_pid: until the exec, the child's command line is still this shell's.
+    if ! kill -0 "$pid" 2>/dev/null; then
       log "stripe-mock exited; its log:"; tail -n 20 "$LOG" >&2; return 1
     fi
     if ((SECONDS >= deadline)); then
@@ -84,6 +89,8 @@ stop() {
   pid="$(server_pid)"
   if [[ -n $pid ]]; then
     kill -TERM "$pid"
+    local deadline=$((SECONDS + 5))
+    while kill -0 "$pid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.1; done
     log "stopped (pid $pid)"
   fi
   rm -f "$PID_FILE"

@@ -170,6 +170,14 @@ impl Base {
     }
 }
 
+/// Why a connection could not be made.
+enum ConnectError {
+    /// Worth another try (refused, reset, timed out).
+    Retry(String),
+    /// The server's certificate (or name) is not acceptable: no retry helps.
+    Certificate(String),
+}
+
 /// How one attempt went.
 enum Attempt {
     Done(Bytes),
@@ -255,7 +263,8 @@ impl Api {
             Some(c) => c,
             None => match tokio::time::timeout(CONNECT_TIMEOUT, self.connect()).await {
                 Ok(Ok(c)) => c,
-                Ok(Err(why)) => return Attempt::Retry { after: None, why },
+                Ok(Err(ConnectError::Retry(why))) => return Attempt::Retry { after: None, why },
+                Ok(Err(ConnectError::Certificate(why))) => return Attempt::Fail(ApiError::Tls(why)),
                 Err(_) => {
                     return Attempt::Retry {
                         after: None,
@@ -307,22 +316,28 @@ impl Api {
         classify(parts.status, &parts.headers, &body, &self.key)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Empty<Bytes>>, String> {
+    async fn connect(&self) -> Result<SendRequest<Empty<Bytes>>, ConnectError> {
         let addr = (self.base.host.as_str(), self.base.port);
         let tcp = TcpStream::connect(addr)
             .await
-            .map_err(|e| format!("cannot connect to {}: {e}", self.base.authority))?;
+            .map_err(|e| ConnectError::Retry(format!("cannot connect to {}: {e}", self.base.authority)))?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => handshake(tcp).await,
+            None => handshake(tcp).await.map_err(ConnectError::Retry),
             Some(tls) => {
-                let name = rustls_pki_types::ServerName::try_from(self.base.host.clone())
-                    .map_err(|_| format!("`{}` is not a valid TLS server name", self.base.host))?;
-                let stream = tls
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS with {}: {e}", self.base.authority))?;
-                handshake(stream).await
+                let name = rustls_pki_types::ServerName::try_from(self.base.host.clone()).map_err(|_| {
+                    ConnectError::Certificate(format!("`{}` is not a valid TLS server name", self.base.host))
+                })?;
+                let stream = tls.connect(name, tcp).await.map_err(|e| {
+                    let why = format!("TLS with {}: {e}", self.base.authority);
+                    // rustls reports a refused certificate as invalid data: no retry will change it.
+                    if e.kind() == std::io::ErrorKind::InvalidData {
+                        ConnectError::Certificate(why)
+                    } else {
+                        ConnectError::Retry(why)
+                    }
+                })?;
+                handshake(stream).await.map_err(ConnectError::Retry)
             }
         }
     }
