@@ -55,6 +55,16 @@ pub struct Metrics {
     pub publish_seconds: Family<SinkLabel, Histogram>,
     pub in_flight: Gauge,
     pub sink_up: Family<SinkLabel, Gauge>,
+    // The webhook port's edge: connections and the request-body memory budget.
+    pub connections: Gauge,
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    pub buffered_bytes: Gauge,
+    pub budget_refused: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -122,6 +132,30 @@ impl Metrics {
         );
         let sink_up = Family::<SinkLabel, Gauge>::default();
         registry.register("sink_up", "1 when the sink's last health check passed", sink_up.clone());
+        let connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Connections open on the webhook port",
+            connections.clone(),
+        );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, unread (max_connections, allow_networks)",
+            connections_refused.clone(),
+        );
+        let buffered_bytes = Gauge::default();
+        registry.register(
+            "buffered_body_bytes",
+            "Request-body bytes held now, against http.max_buffered_bytes",
+            buffered_bytes.clone(),
+        );
+        let budget_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "body_budget_refused",
+            "Requests answered 503 for want of body memory (refused) or cut off to make room (evicted)",
+            budget_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -134,6 +168,10 @@ impl Metrics {
             publish_seconds,
             in_flight,
             sink_up,
+            connections,
+            connections_refused,
+            buffered_bytes,
+            budget_refused,
         }
     }
 

@@ -154,28 +154,37 @@ impl KafkaSink {
         }
     }
 
-    /// Replaces `failed` with a new producer if librdkafka declared it fatally failed.
+    /// Replaces `failed` with a new producer if librdkafka declared it fatally failed. The new
+    /// producer is built before the slot is locked (building one starts librdkafka's threads);
+    /// if another request replaced `failed` meanwhile, the spare one is dropped off the runtime.
     fn renew_if_fatal(&self, failed: &Arc<Producer_>) {
         let Some((code, reason)) = failed.client().fatal_error() else {
             return;
         };
-        let mut slot = match self.producer.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        if !Arc::ptr_eq(&slot, failed) {
+        if !Arc::ptr_eq(&self.current(), failed) {
             return; // another request already replaced it
         }
-        match create(&self.name, &self.client_config) {
-            Ok(p) => {
-                tracing::error!(sink = %self.name, code = ?code, reason, "kafka producer failed fatally; replaced it");
-                let old = std::mem::replace(&mut *slot, Arc::new(p));
-                drop(slot);
-                // Dropping a producer purges, flushes and joins librdkafka's threads: blocking work.
-                tokio::task::spawn_blocking(move || drop(old));
+        let fresh = match create(&self.name, &self.client_config) {
+            Ok(p) => Arc::new(p),
+            Err(e) => {
+                tracing::error!(sink = %self.name, error = %e, "cannot replace the failed kafka producer");
+                return;
             }
-            Err(e) => tracing::error!(sink = %self.name, error = %e, "cannot replace the failed kafka producer"),
-        }
+        };
+        let retired = {
+            let mut slot = match self.producer.write() {
+                Ok(g) => g,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            if Arc::ptr_eq(&slot, failed) {
+                tracing::error!(sink = %self.name, code = ?code, reason, "kafka producer failed fatally; replaced it");
+                std::mem::replace(&mut *slot, fresh)
+            } else {
+                fresh
+            }
+        };
+        // Dropping a producer purges, flushes and joins librdkafka's threads: blocking work.
+        tokio::task::spawn_blocking(move || drop(retired));
     }
 
     async fn publish_inner(&self, topic: &str, envelope: &Envelope) -> Result<(), SinkError> {
