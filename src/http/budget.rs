@@ -171,15 +171,20 @@ impl Lease<'_> {
             return Err(Shortage::Refused);
         }
         let deadline = tokio::time::Instant::now() + BUDGET_WAIT;
+        let mut evicted = false;
         loop {
             let freed = self.budget.freed.notified();
             if self.budget.try_take(more, cap) {
                 break;
             }
-            self.budget.evict_oldest(self.id);
+            // One eviction per growth: enough to make room, without every waiting upload
+            // cutting off another one every few milliseconds.
+            if !evicted {
+                evicted = self.budget.evict_oldest(self.id);
+            }
             // Evicted requests free their bytes as soon as they are answered: try again then,
             // or soon in any case.
-            let slice = tokio::time::Instant::now() + Duration::from_millis(50);
+            let slice = tokio::time::Instant::now() + Duration::from_millis(100);
             let _ = tokio::time::timeout_at(slice.min(deadline), freed).await;
             if tokio::time::Instant::now() >= deadline {
                 if self.budget.try_take(more, cap) {
