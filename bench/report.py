@@ -18,6 +18,7 @@ SCENARIOS = [
     ("kafka", "2. Kafka sink"),
     ("rabbitmq", "3. RabbitMQ sink"),
     ("fanout", "4. fan-out to Kafka and RabbitMQ"),
+    ("stalled", "5. discard sink while 300 uploads stall (the body memory budget)"),
 ]
 MIB = 1024.0
 
@@ -77,6 +78,8 @@ class Results:
 
     def runs(self, scenario):
         names = [f"{scenario}-c{c}" for c in self.conc] + [f"{scenario}-r{self.rate}"]
+        if scenario == "stalled":
+            names = [f"stalled-r{self.rate}"]
         if scenario == "kafka" and os.path.exists(os.path.join(self.d, f"kafka-linger1ms-r{self.rate}.json")):
             names.append(f"kafka-linger1ms-r{self.rate}")
         return [(n, self.bench(n), self.proc(n)) for n in names]

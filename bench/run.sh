@@ -11,11 +11,13 @@
 #   2. Kafka sink, and its ceiling (examples/kafka_ceiling, same producer settings)
 #   3. RabbitMQ sink, and its ceiling (examples/amqp_ceiling, same topology and guarantees)
 #   4. fan-out to both
+#   5. discard sink, open loop, while 300 uploads stall (each sends 900 KB of a declared 1 MB body
+#      and then nothing): valid events keep flowing and RSS stays under the body memory budget
 # For every bridge run: peak RSS (VmHWM, reset before the run), CPU seconds per 1,000 events
 # (utime+stime of the bridge over the run / requests it answered), and its idle RSS.
 #
 # Environment (all optional): BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_SIZE (4096),
-# BENCH_RATE (1000), BENCH_CONCURRENCY ("64 256"), BENCH_OUT (bench/results),
+# BENCH_RATE (1000), BENCH_CONCURRENCY ("64 256"), BENCH_OUT (bench/results), BENCH_STALLED (300),
 # BENCH_SKIP_CRITERION=1 to reuse the last criterion results.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -215,6 +217,11 @@ purge_queue
 say "scenario 4: fan-out to Kafka and RabbitMQ"
 scenario fanout "$CFG/fanout.yaml"
 purge_queue
+
+say "scenario 5: discard sink while 300 uploads stall (the body memory budget)"
+start_bridge stalled "$CFG/discard.yaml"
+load "stalled-r$RATE" --rate "$RATE" --concurrency 64 --stalled "${BENCH_STALLED:-300}"
+stop_bridge
 
 cat >"$OUT/run.json" <<JSON
 {"started": "$STARTED", "finished": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "$(git rev-parse HEAD)",

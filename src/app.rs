@@ -27,10 +27,14 @@ pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
 /// How long a reload waits for a new or changed sink to report healthy.
 pub const RELOAD_SINK_WAIT: Duration = Duration::from_secs(10);
 
-/// Polls `sink.health()` until it passes or [`RELOAD_SINK_WAIT`] is over.
-pub async fn wait_healthy(sink: &dyn Sink) -> Result<(), String> {
+/// Polls `sink.health()` until it passes or [`RELOAD_SINK_WAIT`] is over; gives up at once when
+/// shutdown begins.
+pub async fn wait_healthy(sink: &dyn Sink, draining: &AtomicBool) -> Result<(), String> {
     let deadline = Instant::now() + RELOAD_SINK_WAIT;
     loop {
+        if draining.load(Ordering::SeqCst) {
+            return Err("shutting down".into());
+        }
         match sink.health().await {
             Ok(()) => return Ok(()),
             Err(e) if Instant::now() >= deadline => {
@@ -181,10 +185,18 @@ pub struct State {
     pub clock: Arc<dyn Clock>,
     /// Set once shutdown began: `/readyz` answers 503.
     pub draining: AtomicBool,
+    /// Turns true when shutdown begins: body reads still in progress are cut off soon after.
+    drain_signal: watch::Sender<bool>,
+    /// Held by a reload while it swaps sinks in, and by shutdown from the moment it begins, so
+    /// that a reload either completes before shutdown (its sinks are then closed by shutdown) or
+    /// sees `draining` and closes what it built.
+    lifecycle: tokio::sync::Mutex<()>,
     /// Caps requests in flight (`http.max_concurrent_requests`).
     pub limiter: tokio::sync::Semaphore,
     /// `http.max_header_bytes` as the listeners were built with it (a reload does not change it).
     pub max_header_bytes: usize,
+    /// `http.max_buffered_bytes`: the memory request bodies may hold at once (fixed at start).
+    pub budget: http::budget::BodyBudget,
     /// Sinks a reload removed: closed at shutdown with the others.
     retired: std::sync::Mutex<Vec<Arc<dyn Sink>>>,
     /// The TLS certificate being served, if any.
@@ -213,8 +225,11 @@ impl State {
             metrics: Metrics::new(),
             clock,
             draining: AtomicBool::new(false),
+            drain_signal: watch::channel(false).0,
+            lifecycle: tokio::sync::Mutex::new(()),
             limiter: tokio::sync::Semaphore::new(settings.http.max_concurrent_requests),
             max_header_bytes: settings.http.max_header_bytes,
+            budget: http::budget::BodyBudget::new(settings.http.max_buffered_bytes),
             retired: std::sync::Mutex::new(Vec::new()),
             tls: None,
             reloading: tokio::sync::Mutex::new(()),
@@ -279,6 +294,7 @@ impl State {
         let mut sinks = Vec::with_capacity(settings.sinks.len());
         let mut stamps = Vec::with_capacity(settings.sinks.len());
         let mut built: Vec<Arc<dyn Sink>> = Vec::new();
+        // Built and checked with no lock held: this may take up to RELOAD_SINK_WAIT per sink.
         for s in &settings.sinks {
             if let Some(i) = old
                 .sink_settings
@@ -296,7 +312,7 @@ impl State {
             let ready = match crate::sink::build(s, settings.ack_timeout).await {
                 Ok(sink) => {
                     built.push(sink.clone());
-                    wait_healthy(sink.as_ref()).await.map(|()| sink)
+                    wait_healthy(sink.as_ref(), &self.draining).await.map(|()| sink)
                 }
                 Err(e) => Err(e.message),
             };
@@ -316,20 +332,44 @@ impl State {
             .filter(|o| !sinks.iter().any(|n| Arc::ptr_eq(n, o)))
             .cloned()
             .collect();
-        let mut live = Live::new(&settings, sinks);
-        live.sink_credentials = stamps;
-        self.replace_live(live);
+        {
+            let _swap = self.lifecycle.lock().await;
+            let refusal = if self.draining.load(Ordering::SeqCst) {
+                Some("shutting down")
+            } else if !Arc::ptr_eq(&old, &self.live()) {
+                Some("another reload was applied meanwhile; not applied")
+            } else {
+                None
+            };
+            if let Some(why) = refusal {
+                drop(_swap);
+                close_all(&built, Instant::now() + settings.ack_timeout).await;
+                return Err(why.into());
+            }
+            let mut live = Live::new(&settings, sinks);
+            live.sink_credentials = stamps;
+            self.replace_live(live);
+            if !replaced.is_empty() {
+                self.retired
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(replaced.iter().cloned());
+            }
+        }
         self.reload_process_settings(&settings);
         if !replaced.is_empty() {
-            self.retired
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(replaced.iter().cloned());
-            // Requests that started before the swap hold the old sinks for at most ack_timeout.
+            // Requests that started before the swap hold `old` (and its sinks) until they are
+            // answered, however long their bodies take: close the replaced sinks once the last
+            // of them is done, and at the latest when such a request must have ended.
+            let grace = old.http.body_read_timeout + old.ack_timeout + SHUTDOWN_SLACK;
+            let users = Arc::downgrade(&old);
+            drop(old);
             let state = self.clone();
-            let grace = old.ack_timeout + SHUTDOWN_SLACK;
             tokio::spawn(async move {
-                tokio::time::sleep(grace).await;
+                let latest = Instant::now() + grace;
+                while users.strong_count() > 0 && Instant::now() < latest {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 let to_close: Vec<_> = {
                     let mut retired = state.retired.lock().unwrap_or_else(|p| p.into_inner());
                     let (close, keep): (Vec<_>, Vec<_>) = retired
@@ -338,7 +378,7 @@ impl State {
                     *retired = keep;
                     close
                 };
-                close_all(&to_close, Instant::now() + grace).await;
+                close_all(&to_close, Instant::now() + state.live().ack_timeout).await;
                 drop_off_runtime(to_close.into_iter().chain(replaced).collect());
             });
         }
@@ -372,6 +412,15 @@ impl State {
         }
     }
 
+    /// Resolves a short moment ([`SHUTDOWN_SLACK`] / 4) after shutdown began: a body read still
+    /// in progress then is answered 503, so that every request whose body was read can still
+    /// wait `ack_timeout` for its brokers and be answered before the drain deadline.
+    pub async fn body_cut_off(&self) {
+        let mut rx = self.drain_signal.subscribe();
+        let _ = rx.wait_for(|d| *d).await;
+        tokio::time::sleep(SHUTDOWN_SLACK / 4).await;
+    }
+
     /// One pass of the file watcher: re-reads secret files and TLS files, swapping what changed.
     pub fn poll_files(&self) {
         let live = self.live();
@@ -391,6 +440,28 @@ impl State {
                 Err(e) => tracing::warn!(error = %e, "cannot reload the TLS certificate; keeping the current one"),
             }
         }
+    }
+}
+
+/// The webhook port's accept-time checks: `http.allow_networks` as currently configured (a
+/// reload applies to new connections), counted in the metrics.
+impl http::Gate for State {
+    fn admit(&self, peer: SocketAddr) -> bool {
+        http::client_ip::admitted(peer.ip(), &self.live().http)
+    }
+
+    fn refused(&self, peer: SocketAddr, reason: &'static str) {
+        if reason == "allow_networks" {
+            tracing::warn!(%peer, "refused at accept: address outside http.allow_networks");
+        }
+        self.metrics
+            .connections_refused
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc();
+    }
+
+    fn open_connections(&self, delta: i64) {
+        self.metrics.connections.inc_by(delta);
     }
 }
 
@@ -478,7 +549,9 @@ pub fn start_with(
     let mut webhook_options = http::ServeOptions {
         header_read_timeout: settings.http.header_read_timeout,
         max_header_bytes: settings.http.max_header_bytes,
+        max_connections: settings.http.max_connections,
         tls: None,
+        gate: None,
     };
     if let Some(tls) = &settings.http.tls {
         let cert = Arc::new(http::tls::ReloadingCert::new(&tls.cert_file, &tls.key_file).map_err(StartError::Tls)?);
@@ -486,6 +559,7 @@ pub fn start_with(
         state.tls = Some(cert);
     }
     let state = Arc::new(state);
+    webhook_options.gate = Some(state.clone() as Arc<dyn http::Gate>);
     let (stop, stop_rx) = watch::channel(false);
     let task = tokio::spawn(serve(
         state.clone(),
@@ -554,7 +628,10 @@ async fn serve(
     // A reload may have changed ack_timeout since start: requests in flight use the current one.
     let ack_timeout = state.live().ack_timeout.max(ack_timeout);
     let deadline = began + ack_timeout + SHUTDOWN_SLACK;
+    // From here on no reload swaps sinks in (the lock is held until the process ends).
+    let _no_reload = state.lifecycle.lock().await;
     state.draining.store(true, Ordering::SeqCst);
+    state.drain_signal.send_replace(true);
     tracing::info!("shutting down: finishing requests in flight");
     let _ = stop_webhook.send(true);
     // Requests in flight wait at most ack_timeout for their brokers; keep a little for the flush.

@@ -76,6 +76,16 @@ pub struct Metrics {
     pub in_flight: Gauge,
     pub sink_up: Family<SinkLabel, Gauge>,
     pub dead_lettered: Family<DeadLettered, Counter>,
+    // The webhook port's edge: connections and the request-body memory budget.
+    pub connections: Gauge,
+    pub connections_refused: Family<ReasonLabel, Counter>,
+    pub buffered_bytes: Gauge,
+    pub budget_refused: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -152,6 +162,30 @@ impl Metrics {
             "Messages a target refused for good that the dead-letter sink confirmed instead",
             dead_lettered.clone(),
         );
+        let connections = Gauge::default();
+        registry.register(
+            "open_connections",
+            "Connections open on the webhook port",
+            connections.clone(),
+        );
+        let connections_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed at accept, unread (max_connections, allow_networks)",
+            connections_refused.clone(),
+        );
+        let buffered_bytes = Gauge::default();
+        registry.register(
+            "buffered_body_bytes",
+            "Request-body bytes held now, against http.max_buffered_bytes",
+            buffered_bytes.clone(),
+        );
+        let budget_refused = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "body_budget_refused",
+            "Requests answered 503 for want of body memory (refused) or cut off to make room (evicted)",
+            budget_refused.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -165,6 +199,10 @@ impl Metrics {
             in_flight,
             sink_up,
             dead_lettered,
+            connections,
+            connections_refused,
+            buffered_bytes,
+            budget_refused,
         }
     }
 

@@ -304,6 +304,88 @@ async fn memory_stays_bounded_under_a_burst_of_large_bodies() {
     assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
 }
 
+fn vm_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+/// Opens a connection, declares a body of `declared` bytes, sends `sent` of them as fast as the
+/// bridge reads, then stalls, keeping the connection open (the stream is returned).
+async fn stalled_upload(addr: std::net::SocketAddr, declared: usize, sent: usize) -> Option<tokio::net::TcpStream> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let head = format!(
+        "POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\nstripe-signature: t=1,v1=00\r\ncontent-length: {declared}\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.ok()?;
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut left = sent;
+    while left > 0 {
+        let n = left.min(chunk.len());
+        // The bridge stops reading an upload it has no room for: give up writing, keep the socket.
+        match tokio::time::timeout(Duration::from_secs(3), s.write_all(&chunk[..n])).await {
+            Ok(Ok(())) => left -= n,
+            _ => break,
+        }
+    }
+    Some(s)
+}
+
+/// The README's bound: RSS stays under the idle RSS + `http.max_buffered_bytes` + this.
+const RSS_ALLOWANCE_MIB: u64 = 24;
+
+#[tokio::test]
+async fn hundreds_of_stalled_uploads_stay_within_the_body_budget_and_valid_events_still_flow() {
+    let dir = tempfile::tempdir().unwrap();
+    // Defaults: max_body_bytes 1 MiB, http.max_buffered_bytes 32 MiB, 512 requests, 1024
+    // connections. Errors only in the log: hundreds of 503s would fill the captured stderr pipe.
+    let yaml_text =
+        format!(
+        "{}log:\n  level: error\n",
+        yaml("sinks:\n  mem:\n    kind: discard\nroutes:\n  - match: \"*\"\n    to:\n      - { sink: mem, topic: t }\n")
+    );
+    let served = serve_binary(dir.path(), &yaml_text);
+    let addr = served.webhook_addr();
+    let pid = served.child.id();
+    // Warm up the request path once, then take the idle figure.
+    assert_eq!(
+        try_post(addr, event("evt_warm", "invoice.paid")).await,
+        Some(StatusCode::OK)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_kib = vm_rss_kib(pid);
+    // 300 uploads declaring 1,000,000 bytes each, sending 900,000 of them, then stalling:
+    // without a budget the bridge would hold about 300 MB of bodies.
+    let uploads: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(async move { stalled_upload(addr, 1_000_000, 900_000).await }))
+        .collect();
+    let mut held = Vec::new();
+    for u in uploads {
+        held.push(u.await.unwrap());
+    }
+    // Valid events keep flowing meanwhile: each takes room from the oldest stalled upload.
+    let started = Instant::now();
+    for i in 0..20 {
+        let status = try_post(addr, event(&format!("evt_flow{i}"), "invoice.paid")).await;
+        assert_eq!(status, Some(StatusCode::OK), "valid event {i} while uploads stall");
+    }
+    let took = started.elapsed();
+    let peak_kib = vm_hwm_kib(pid);
+    let bound_kib = idle_kib + 32 * 1024 + RSS_ALLOWANCE_MIB * 1024;
+    eprintln!("idle RSS {idle_kib} KiB, peak RSS {peak_kib} KiB (bound {bound_kib} KiB); 20 valid events in {took:?}");
+    assert!(
+        peak_kib <= bound_kib,
+        "peak RSS {peak_kib} KiB is over idle {idle_kib} KiB + 32 MiB + {RSS_ALLOWANCE_MIB} MiB"
+    );
+    assert!(took < Duration::from_secs(10), "valid events took {took:?}");
+    drop(held);
+    drop(served);
+}
+
 fn openssl_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let cert = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));
@@ -422,26 +504,38 @@ async fn tls_serves_with_a_certificate_and_picks_up_a_renewed_one() {
     bridge.shutdown().await;
 }
 
+/// Whether the bridge closes a fresh connection on which nothing was sent, without answering.
+async fn closed_unanswered(addr: std::net::SocketAddr) -> bool {
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return true;
+    };
+    let mut buf = [0u8; 64];
+    match tokio::time::timeout(Duration::from_secs(2), s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(n)) => panic!("the bridge answered: {:?}", String::from_utf8_lossy(&buf[..n])),
+        Err(_) => false,
+    }
+}
+
 #[tokio::test]
 async fn a_request_from_outside_the_allow_list_is_refused() {
     let yaml_closed = format!("{}http:\n  allow_networks: [\"192.0.2.0/24\"]\n", yaml(ROUTE_ALL));
     let mem = MemorySink::new("mem");
     let bridge = spawn_with(&yaml_closed, vec![Arc::new(mem.clone()) as Arc<dyn Sink>]).await;
-    let a = post_signed(bridge.webhook_addr, event("evt_deny", "invoice.paid")).await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN);
-    assert_eq!(a.error_code(), "forbidden");
-    // A client cannot talk its way in with a forwarded-for header nobody trusts.
-    let body = event("evt_deny2", "invoice.paid");
-    let sig = sign(SECRET, &body);
-    let a = request(
-        bridge.webhook_addr,
-        Method::POST,
-        PATH,
-        &[("stripe-signature", &sig), ("x-forwarded-for", "192.0.2.7")],
-        body,
-    )
-    .await;
-    assert_eq!(a.status, StatusCode::FORBIDDEN);
+    // Closed at accept, before a byte of a request is read: no head to parse, nothing buffered.
+    assert!(
+        closed_unanswered(bridge.webhook_addr).await,
+        "the connection was kept open"
+    );
+    let metrics = String::from_utf8_lossy(&get(bridge.admin_addr, "/metrics").await.body).to_string();
+    assert_eq!(
+        metric(
+            &metrics,
+            "hookbridge_connections_refused_total{reason=\"allow_networks\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
     assert!(mem.records().is_empty());
     bridge.shutdown().await;
 
@@ -468,6 +562,35 @@ async fn a_request_from_outside_the_allow_list_is_refused() {
         .await;
         assert_eq!(a.status, want, "{xff}");
     }
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_over_max_connections_are_closed_at_accept() {
+    let yaml = format!("{}http:\n  max_connections: 3\n", yaml(ROUTE_ALL));
+    let bridge = spawn_with(&yaml, vec![Arc::new(MemorySink::new("mem")) as Arc<dyn Sink>]).await;
+    let addr = bridge.webhook_addr;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(closed_unanswered(addr).await, "a fourth connection was served");
+    // One closes: there is room again.
+    drop(idle.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(post_with(addr, SECRET, "evt_room").await, StatusCode::OK);
+    let metrics = String::from_utf8_lossy(&get(bridge.admin_addr, "/metrics").await.body).to_string();
+    assert_eq!(
+        metric(
+            &metrics,
+            "hookbridge_connections_refused_total{reason=\"max_connections\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(metric(&metrics, "hookbridge_open_connections"), Some(2.0), "{metrics}");
+    drop(idle);
     bridge.shutdown().await;
 }
 
@@ -647,17 +770,20 @@ async fn a_failed_file_write_leaves_only_whole_records() {
     );
 }
 
+/// Config with one file sink `local` writing to `path`, every event routed to it.
+fn file_sink_yaml(path: &Path) -> String {
+    yaml(&format!(
+        "sinks:\n  local:\n    kind: file\n    path: {}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: local, topic: t }}\n",
+        path.display()
+    ))
+}
+
 #[tokio::test]
 async fn a_reload_rebuilds_a_changed_sink_and_closes_the_old_one_later() {
     let dir = tempfile::tempdir().unwrap();
     let first = dir.path().join("first.jsonl");
     let second = dir.path().join("second.jsonl");
-    let yaml_for = |path: &Path| {
-        yaml(&format!(
-            "sinks:\n  local:\n    kind: file\n    path: {}\nroutes:\n  - match: \"*\"\n    to:\n      - {{ sink: local, topic: t }}\n",
-            path.display()
-        ))
-    };
+    let yaml_for = file_sink_yaml;
     let bridge = spawn(&yaml_for(&first)).await;
     assert_eq!(
         post_signed(bridge.webhook_addr, event("evt_r1", "invoice.paid"))
@@ -677,13 +803,16 @@ async fn a_reload_rebuilds_a_changed_sink_and_closes_the_old_one_later() {
     );
     assert!(std::fs::read_to_string(&first).unwrap().contains("evt_r1"));
     assert!(std::fs::read_to_string(&second).unwrap().contains("evt_r2"));
-    assert!(
-        old_sink.health().await.is_ok(),
-        "the old sink stays open while old requests may use it"
-    );
-    // ack_timeout is 2 s in these configs: the replaced sink is closed after it plus 1 s.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
-    assert!(old_sink.health().await.is_err(), "the replaced sink was never closed");
+    // No request that started before the reload is left: the replaced sink is closed soon.
+    // (One that is still running keeps it open: see the test after this one.)
+    let started = Instant::now();
+    while old_sink.health().await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the replaced sink was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // A changed kind under the same name is a new sink too, not the old one under a new label.
     let discard = yaml(
@@ -731,4 +860,175 @@ fn a_certificate_with_the_wrong_key_is_refused() {
     assert!(hookbridge::http::tls::load_certified_key(&cert_a, &key_a).is_ok());
     let err = hookbridge::http::tls::load_certified_key(&cert_a, &key_b).unwrap_err();
     assert!(err.contains("does not match"), "{err}");
+}
+
+/// A signed request whose body is sent in two halves: the head and the first half now; the
+/// second half when `rest` is sent. Resolves to the raw answer (empty if the connection was
+/// closed without one), read from the moment the head is sent.
+async fn two_part_request(
+    addr: std::net::SocketAddr,
+    body: Bytes,
+) -> (tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<String>) {
+    let sig = sign(SECRET, &body);
+    let s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut read, mut write) = s.into_split();
+    let head = format!(
+        "POST {PATH} HTTP/1.1\r\nhost: x\r\nstripe-signature: {sig}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    write.write_all(head.as_bytes()).await.unwrap();
+    let half = body.len() / 2;
+    write.write_all(&body[..half]).await.unwrap();
+    let (rest, go) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        if go.await.is_ok() {
+            let _ = write.write_all(&body[half..]).await;
+        }
+        // Keep the write side open until the answer was read.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
+    let answer = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        // The answer is complete once its body (a small JSON object) is in.
+        while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(15), read.read(&mut buf)).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&out);
+            if text.contains("\r\n\r\n") && text.trim_end().ends_with('}') {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).to_string()
+    });
+    (rest, answer)
+}
+
+#[tokio::test]
+async fn a_reload_that_replaces_a_sink_does_not_break_a_request_still_sending_its_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = dir.path().join("first.jsonl");
+    let second = dir.path().join("second.jsonl");
+    let yaml_for = file_sink_yaml;
+    let bridge = spawn(&yaml_for(&first)).await;
+    let old_sink = bridge.state.live().sinks[0].clone();
+    let (rest, answer) = two_part_request(bridge.webhook_addr, event("evt_slow_body", "invoice.paid")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    bridge.state.reload(settings(&yaml_for(&second))).await.unwrap();
+    // Longer than ack_timeout (2 s) + 1 s, after which the replaced sink used to be closed.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert!(
+        old_sink.health().await.is_ok(),
+        "the replaced sink was closed while a request that started before the reload still needs it"
+    );
+    rest.send(()).unwrap();
+    let text = answer.await.unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(std::fs::read_to_string(&first).unwrap().contains("evt_slow_body"));
+    // Once that request is answered, the replaced sink is closed.
+    let started = Instant::now();
+    while old_sink.health().await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the replaced sink was never closed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn at_shutdown_every_request_whose_body_was_read_is_answered() {
+    // ack_timeout is 2 s: the drain ends at 2.5 s; each publish takes 1.9 s.
+    let mem = MemorySink::new("mem");
+    mem.set_behaviour(Behaviour::Delay(Duration::from_millis(1900)));
+    let bridge = spawn_with(&yaml(ROUTE_ALL), vec![Arc::new(mem.clone()) as Arc<dyn Sink>]).await;
+    let addr = bridge.webhook_addr;
+    // An idle keep-alive connection that already served a request.
+    let target = hookbridge::client::Target::parse(&format!("http://{addr}{PATH}")).unwrap();
+    let mut idle = hookbridge::client::Connection::open(&target).await.unwrap();
+    mem.set_behaviour(Behaviour::Confirm);
+    let body = event("evt_ka_before", "invoice.paid");
+    let (status, _) = idle.post_signed(&sign(SECRET, &body), body).await.unwrap();
+    assert_eq!(status, StatusCode::OK);
+    mem.set_behaviour(Behaviour::Delay(Duration::from_millis(1900)));
+
+    // Body read, being published when shutdown begins.
+    let publishing = tokio::spawn(async move { try_post(addr, event("evt_sd_publishing", "invoice.paid")).await });
+    // Body still arriving when shutdown begins; the rest comes 1 s later.
+    let (rest, slow) = two_part_request(addr, event("evt_sd_slow", "invoice.paid")).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let began = Instant::now();
+    bridge.trigger_shutdown();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _ = rest.send(());
+    // Once shutdown is complete (the binary exits then), every such request has its answer.
+    bridge.wait().await;
+    assert!(
+        began.elapsed() < Duration::from_millis(3000),
+        "shutdown took {:?}",
+        began.elapsed()
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        publishing.is_finished() && slow.is_finished(),
+        "a request was still unanswered when shutdown completed"
+    );
+    assert_eq!(
+        publishing.await.unwrap(),
+        Some(StatusCode::OK),
+        "a request whose body was read is answered with its confirmation"
+    );
+    let text = slow.await.unwrap();
+    assert!(
+        text.starts_with("HTTP/1.1 503"),
+        "a request still sending its body is answered 503, not cut off: {text:?}"
+    );
+    assert!(text.to_ascii_lowercase().contains("retry-after"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    // The idle keep-alive connection was closed without an answer to anything: a client that
+    // sent a request on it just then sees the connection closed, and may retry.
+    assert!(!idle.is_open() || idle.post_signed("t=1,v1=00", Bytes::from_static(b"{}")).await.is_err());
+    let ids: Vec<_> = mem
+        .records()
+        .iter()
+        .filter_map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "stripe-event-id")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert_eq!(ids, ["evt_ka_before", "evt_sd_publishing"]);
+}
+
+#[tokio::test]
+async fn a_reload_still_waiting_for_a_new_sink_gives_up_when_shutdown_begins() {
+    let bridge = spawn(&yaml(ROUTE_ALL)).await;
+    // A Kafka sink pointing at a closed port: built, never healthy (a reload waits 10 s for it).
+    let broken = yaml(
+        "sinks:\n  mem:\n    kind: discard\n  k:\n    kind: kafka\n    brokers: \"127.0.0.1:1\"\nroutes:\n  - match: \"*\"\n    to:\n      - { sink: k, topic: t }\n",
+    );
+    let state = bridge.state.clone();
+    let reload = tokio::spawn(async move { state.reload(settings(&broken)).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let began = Instant::now();
+    let state = bridge.state.clone();
+    bridge.shutdown().await;
+    assert!(
+        began.elapsed() < Duration::from_secs(3),
+        "shutdown took {:?}",
+        began.elapsed()
+    );
+    let err = tokio::time::timeout(Duration::from_secs(3), reload)
+        .await
+        .expect("the reload kept waiting after shutdown began")
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("shutting down"), "{err}");
+    assert_eq!(state.live().sinks.len(), 1, "nothing was swapped in");
+    // And a reload asked for during shutdown is refused.
+    assert!(state.reload(settings(&yaml(ROUTE_ALL))).await.is_err());
 }

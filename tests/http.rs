@@ -574,3 +574,62 @@ async fn shutdown_lets_requests_in_flight_finish_and_flushes_sinks() {
     assert_eq!(mem.records().len(), 1);
     assert!(mem.is_closed(), "sinks are closed (flushed) at shutdown");
 }
+
+/// Reads a raw answer until the bridge closes the connection.
+async fn read_until_closed(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the connection is closed after the answer")
+        .unwrap();
+    String::from_utf8_lossy(&out).to_string()
+}
+
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_gets_the_answer() {
+    use tokio::io::AsyncWriteExt;
+    let (bridge, mem) = one_sink().await;
+    // The broker confirms after the client's EOF arrived (the case that lost most answers).
+    mem.set_behaviour(Behaviour::Delay(Duration::from_millis(100)));
+    for i in 0..10 {
+        let body = event(&format!("evt_half{i}"), "charge.succeeded");
+        let sig = sign(SECRET, &body);
+        let mut s = tokio::net::TcpStream::connect(bridge.webhook_addr).await.unwrap();
+        let head = format!(
+            "POST {PATH} HTTP/1.1\r\nhost: x\r\nstripe-signature: {sig}\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(&body).await.unwrap();
+        s.shutdown().await.unwrap();
+        let text = read_until_closed(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 200"), "try {i}: {text:?}");
+    }
+    assert_eq!(mem.records().len(), 10);
+    bridge.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_http2_preface_gets_a_bare_400() {
+    use tokio::io::AsyncWriteExt;
+    let (bridge, _mem) = one_sink().await;
+    // Prior-knowledge HTTP/2 (h2c): the preface, then an empty SETTINGS frame.
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    for split in [hello.len(), 3] {
+        let mut s = tokio::net::TcpStream::connect(bridge.webhook_addr).await.unwrap();
+        // Also in two pieces: the preface may arrive a few bytes at a time.
+        s.write_all(&hello[..split]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        s.write_all(&hello[split..]).await.unwrap();
+        let text = read_until_closed(&mut s).await;
+        assert!(text.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{text:?}");
+        assert!(text.ends_with("\r\n\r\n"), "a bare 400, no body: {text:?}");
+    }
+    // A request line that merely starts like the preface is HTTP/1.1 as usual.
+    let pri = Method::from_bytes(b"PRI").unwrap();
+    let a = request(bridge.webhook_addr, pri, PATH, &[], Bytes::new()).await;
+    assert_eq!(a.status, StatusCode::METHOD_NOT_ALLOWED);
+    bridge.shutdown().await;
+}

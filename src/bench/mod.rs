@@ -78,6 +78,14 @@ pub struct BenchArgs {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Also hold N stalled uploads open for the whole run (slow clients pressing on the
+    /// bridge's body memory budget): each declares a body of --stalled-bytes, sends 90% of it
+    /// as fast as the server reads, then stalls; one the server closes is opened again 1 s later.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub stalled: usize,
+    /// The body size a stalled upload declares.
+    #[arg(long, value_parser = parse_size, value_name = "BYTES", default_value = "1000000")]
+    pub stalled_bytes: usize,
 }
 
 /// Why a run could not be made.
@@ -170,6 +178,8 @@ pub struct Plan {
     pub schedule: Option<Schedule>,
     pub duration: Duration,
     pub warmup: Duration,
+    pub stalled: usize,
+    pub stalled_bytes: usize,
 }
 
 impl Plan {
@@ -201,6 +211,8 @@ impl Plan {
             schedule,
             duration: a.duration,
             warmup: a.warmup,
+            stalled: a.stalled,
+            stalled_bytes: a.stalled_bytes,
         })
     }
 }
@@ -326,6 +338,17 @@ pub async fn run(plan: Plan, bodies: Bodies, progress: bool) -> Summary {
         live: Live::default(),
     });
     let reporter = progress.then(|| tokio::spawn(report_progress(shared.clone(), start)));
+    let stalled_opened = Arc::new(AtomicU64::new(0));
+    let stallers: Vec<_> = (0..plan.stalled)
+        .map(|_| {
+            tokio::spawn(stalled_upload(
+                plan.target.clone(),
+                plan.stalled_bytes,
+                end,
+                stalled_opened.clone(),
+            ))
+        })
+        .collect();
 
     let mut workers = Vec::with_capacity(plan.connections);
     match plan.schedule {
@@ -358,6 +381,16 @@ pub async fn run(plan: Plan, bodies: Bodies, progress: bool) -> Summary {
     if let Some(r) = reporter {
         r.abort();
     }
+    for s in stallers {
+        s.abort();
+    }
+    if plan.stalled > 0 && progress {
+        eprintln!(
+            "bench: {} stalled uploads held open; {} opened in all (the server closed the others)",
+            plan.stalled,
+            stalled_opened.load(Ordering::Relaxed)
+        );
+    }
 
     let window = total
         .last_done
@@ -381,6 +414,45 @@ pub async fn run(plan: Plan, bodies: Bodies, progress: bool) -> Summary {
         generator_cpu_s: report::process_cpu_seconds()
             .zip(cpu_at_start)
             .map(|(end, start)| end - start),
+    }
+}
+
+/// Keeps one stalled upload open until `end`: declares `declared` bytes, sends 90% of them as
+/// fast as the server reads, then sends nothing more; opens another a second after the server
+/// closed it.
+async fn stalled_upload(target: Target, declared: usize, end: Instant, opened: Arc<AtomicU64>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let path = target.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: {}\r\nstripe-signature: t=1,v1=00\r\ncontent-length: {declared}\r\n\r\n",
+        target.authority
+    );
+    let chunk = vec![b'x'; 16 * 1024];
+    while Instant::now() < end {
+        let Ok(mut s) = tokio::net::TcpStream::connect(&target.authority).await else {
+            tokio::time::sleep(ERROR_PAUSE).await;
+            continue;
+        };
+        opened.fetch_add(1, Ordering::Relaxed);
+        let (mut read, mut write) = s.split();
+        let send = async {
+            write.write_all(head.as_bytes()).await?;
+            let mut left = declared / 10 * 9;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                write.write_all(&chunk[..n]).await?;
+                left -= n;
+            }
+            std::future::pending::<std::io::Result<()>>().await
+        };
+        // Until the server answers or closes the connection.
+        let mut buf = [0u8; 1024];
+        tokio::select! {
+            _ = send => {}
+            _ = read.read(&mut buf) => {}
+        }
+        // A slow client, not a flood: it comes back a second later.
+        tokio::time::sleep(Duration::from_secs(1)).await;
     }
 }
 

@@ -188,6 +188,8 @@ pub struct HttpSettings {
     pub body_read_timeout: Duration,
     pub max_concurrent_requests: usize,
     pub max_header_bytes: usize,
+    pub max_buffered_bytes: usize,
+    pub max_connections: usize,
     pub tls: Option<raw::RawTls>,
     /// Empty allows every address.
     pub allow_networks: Vec<ipnet::IpNet>,
@@ -330,6 +332,12 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
     }
 
     let http = validate_http(&raw.http, &mut p);
+    if (http.max_buffered_bytes as u64) < raw.max_body_bytes {
+        p.push(
+            "http.max_buffered_bytes",
+            format!("must be at least max_body_bytes ({})", raw.max_body_bytes),
+        );
+    }
 
     if !p.is_empty() {
         return Err(p.into_vec());
@@ -371,6 +379,9 @@ fn validate_http(raw: &raw::RawHttp, p: &mut Problems) -> HttpSettings {
     }
     if raw.max_header_bytes < 8192 {
         p.push("http.max_header_bytes", "must be at least 8192");
+    }
+    if raw.max_connections == 0 {
+        p.push("http.max_connections", "must be at least 1");
     }
     let mut networks = |key: &str, list: &[String]| -> Vec<ipnet::IpNet> {
         let mut out = Vec::new();
@@ -416,6 +427,8 @@ fn validate_http(raw: &raw::RawHttp, p: &mut Problems) -> HttpSettings {
         body_read_timeout: raw.body_read_timeout,
         max_concurrent_requests: raw.max_concurrent_requests,
         max_header_bytes: raw.max_header_bytes,
+        max_buffered_bytes: raw.max_buffered_bytes,
+        max_connections: raw.max_connections,
         tls: raw.tls.clone(),
         allow_networks,
         client_ip_header,

@@ -69,6 +69,14 @@ pub struct RawHttp {
     /// At least 8192.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// The most request-body bytes held at once across all requests (the memory budget for
+    /// bodies); beyond it a request waits briefly, the slowest upload is cut off, or it gets 503.
+    /// At least `max_body_bytes`.
+    #[serde(default = "default_max_buffered_bytes")]
+    pub max_buffered_bytes: usize,
+    /// Open connections on the webhook port; more are closed at accept, before a byte is read.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
     /// Serve HTTPS on the webhook port with these PEM files (reloaded when they change).
     #[serde(default)]
     pub tls: Option<RawTls>,
@@ -92,6 +100,8 @@ impl Default for RawHttp {
             body_read_timeout: default_body_read_timeout(),
             max_concurrent_requests: default_max_concurrent_requests(),
             max_header_bytes: default_max_header_bytes(),
+            max_buffered_bytes: default_max_buffered_bytes(),
+            max_connections: default_max_connections(),
             tls: None,
             allow_networks: Vec::new(),
             client_ip_header: String::new(),
@@ -111,6 +121,12 @@ fn default_max_concurrent_requests() -> usize {
 }
 fn default_max_header_bytes() -> usize {
     16 * 1024
+}
+fn default_max_buffered_bytes() -> usize {
+    32 * 1024 * 1024
+}
+fn default_max_connections() -> usize {
+    1024
 }
 
 /// TLS certificate and key for the webhook port.

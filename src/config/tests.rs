@@ -289,6 +289,8 @@ fn the_reference_config_documents_every_key() {
         "body_read_timeout:",
         "max_concurrent_requests:",
         "max_header_bytes:",
+        "max_buffered_bytes:",
+        "max_connections:",
         "tls:",
         "cert_file:",
         "key_file:",

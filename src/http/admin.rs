@@ -51,7 +51,10 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, _peer: std::net::
         "/metrics" => text(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            state.metrics.encode(),
+            {
+                state.metrics.buffered_bytes.set(state.budget.held() as i64);
+                state.metrics.encode()
+            },
         ),
         _ => json(
             StatusCode::NOT_FOUND,

@@ -41,6 +41,14 @@ pub fn allowed(ip: IpAddr, http: &HttpSettings) -> bool {
     http.allow_networks.is_empty() || contains(&http.allow_networks, ip)
 }
 
+/// Whether a connection from `peer` may be served at all, judged at accept before anything is
+/// read: a peer inside `allow_networks`, or a trusted proxy when the client address comes from a
+/// header (that header is judged per request, by [`allowed`]).
+pub fn admitted(peer: IpAddr, http: &HttpSettings) -> bool {
+    let peer = canonical(peer);
+    allowed(peer, http) || (http.client_ip_header.is_some() && contains(&http.trusted_proxies, peer))
+}
+
 fn contains(nets: &[IpNet], ip: IpAddr) -> bool {
     nets.iter().any(|n| n.contains(&ip))
 }
@@ -76,6 +84,8 @@ mod tests {
             body_read_timeout: std::time::Duration::from_secs(1),
             max_concurrent_requests: 1,
             max_header_bytes: 8192,
+            max_buffered_bytes: 1 << 20,
+            max_connections: 1,
             tls: None,
             allow_networks: allow.iter().map(|n| parse_network(n).unwrap()).collect(),
             client_ip_header: header.map(|h| http::HeaderName::from_bytes(h.as_bytes()).unwrap()),
@@ -134,5 +144,20 @@ mod tests {
         let mapped = client_ip(ip("::ffff:3.18.12.63"), &HeaderMap::new(), &s);
         assert!(allowed(mapped, &s));
         assert!(allowed(ip("8.8.8.8"), &settings(None, &[], &[])));
+    }
+
+    #[test]
+    fn at_accept_only_allowed_peers_and_trusted_proxies_get_in() {
+        let direct = settings(None, &["10.0.0.0/8"], &["3.18.12.63"]);
+        assert!(admitted(ip("3.18.12.63"), &direct));
+        assert!(admitted(ip("::ffff:3.18.12.63"), &direct));
+        assert!(
+            !admitted(ip("10.1.1.1"), &direct),
+            "proxies count only with a client_ip_header"
+        );
+        let proxied = settings(Some("x-forwarded-for"), &["10.0.0.0/8"], &["3.18.12.63"]);
+        assert!(admitted(ip("10.1.1.1"), &proxied));
+        assert!(!admitted(ip("192.0.2.1"), &proxied));
+        assert!(admitted(ip("192.0.2.1"), &settings(None, &[], &[])));
     }
 }

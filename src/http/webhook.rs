@@ -9,18 +9,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Method, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::Instrument;
 
+use super::budget::Lease;
 use super::client_ip::{allowed, client_ip};
 use super::response::{received, Rejection};
 use crate::app::{Live, State};
 use crate::dedup::{target_key, Claim};
 use crate::event::EventMeta;
 use crate::metrics::{
-    EndpointLabel, EndpointReason, EndpointStatus, SinkDestination, SinkError as SinkErrorLabels, SinkLabel,
+    EndpointLabel, EndpointReason, EndpointStatus, ReasonLabel, SinkDestination, SinkError as SinkErrorLabels,
+    SinkLabel,
 };
 use crate::route;
 use crate::sink::{Envelope, ErrorClass, SinkError};
@@ -123,16 +125,26 @@ async fn process(
         return Err(Rejection::PayloadTooLarge { limit });
     }
     let signature = req.headers().get("stripe-signature").cloned();
-    let read = tokio::time::timeout(
-        live.http.body_read_timeout,
-        Limited::new(req.into_body(), limit as usize).collect(),
-    );
-    let body = match read.await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => return Err(Rejection::PayloadTooLarge { limit }),
-        Ok(Err(_)) => return Err(Rejection::BadBody("the request body could not be read".into())),
-        Err(_) => return Err(Rejection::BodyTimeout),
+    // Held until the request is answered: the body lives that long.
+    let mut lease = state.budget.lease();
+    let evicted = lease.eviction();
+    let read = read_body(state, req.into_body(), limit as usize, declared, &mut lease);
+    let body = tokio::select! {
+        body = tokio::time::timeout(live.http.body_read_timeout, read) => match body {
+            Ok(body) => body?,
+            Err(_) => return Err(Rejection::BodyTimeout),
+        },
+        () = state.body_cut_off() => {
+            return Err(Rejection::Unavailable("shutting down; retry".into()));
+        }
+        () = evicted.notified() => {
+            state.metrics.budget_refused.get_or_create(&ReasonLabel { reason: "evicted" }).inc();
+            return Err(Rejection::Unavailable(
+                "the body arrived too slowly while memory for bodies was short; retry later".into(),
+            ));
+        }
     };
+    lease.done_reading();
 
     let verifier = endpoint.verifier.load();
     let now = state.clock.now();
@@ -211,6 +223,49 @@ async fn deliver(
         }
     }
     Ok(())
+}
+
+/// Reads a body into one buffer whose every growth is first taken from the body budget (see
+/// [`super::budget`]), so that what bodies hold stays within `http.max_buffered_bytes`.
+async fn read_body(
+    state: &State,
+    mut body: Incoming,
+    limit: usize,
+    declared: Option<u64>,
+    lease: &mut Lease<'_>,
+) -> Result<Bytes, Rejection> {
+    // The first allocation: the declared length (one allocation, never copied), else 16 KiB
+    // and doubling.
+    let first = declared.map_or(16 * 1024, |d| (d as usize).clamp(1, limit));
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(Rejection::BadBody("the request body could not be read".into()));
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let needed = buf.len() + data.len();
+        if needed > limit {
+            return Err(Rejection::PayloadTooLarge { limit: limit as u64 });
+        }
+        if needed > buf.capacity() {
+            let grown = needed.max(buf.capacity() * 2).max(first).min(limit);
+            if lease.grow_to(grown).await.is_err() {
+                state
+                    .metrics
+                    .budget_refused
+                    .get_or_create(&ReasonLabel { reason: "refused" })
+                    .inc();
+                return Err(Rejection::Unavailable(
+                    "no memory for the request body now; retry later".into(),
+                ));
+            }
+            buf.reserve_exact(grown - buf.len());
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Publishes to every target concurrently, each bounded by `ack_timeout`, except those that

@@ -263,7 +263,9 @@ pub fn run_cli(args: ReplayArgs) -> Result<(), ReplayError> {
             // declare its topology) before the first publish. One that stays down is reported
             // and left to fail the publishes routed to it.
             for sink in &sinks {
-                if let Err(e) = crate::app::wait_healthy(sink.as_ref()).await {
+                if let Err(e) =
+                    crate::app::wait_healthy(sink.as_ref(), &std::sync::atomic::AtomicBool::new(false)).await
+                {
                     eprintln!("hookbridge: replay: warning: sink {} is {e}", sink.name());
                 }
             }
