@@ -193,7 +193,8 @@ pub fn tls_connector(tls: &AmqpTlsConfig) -> Result<RustlsConnector, (&'static s
 }
 
 /// Opens the TCP connection and, for `amqps://`, the TLS session with `connector` (lapin's own
-/// connect, with our TLS settings).
+/// connect, with our TLS settings). The result type is the one lapin's connector asks for.
+#[allow(clippy::result_large_err)]
 fn connect_with(uri: &AMQPUri, connector: &RustlsConnector) -> HandshakeResult {
     let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
     let stream = match uri.query.connection_timeout {
@@ -208,6 +209,7 @@ fn connect_with(uri: &AMQPUri, connector: &RustlsConnector) -> HandshakeResult {
     Ok(stream)
 }
 
+#[allow(clippy::result_large_err)] // the closure returns lapin's HandshakeResult
 async fn open(
     uri: &AMQPUri,
     properties: ConnectionProperties,
