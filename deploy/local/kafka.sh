@@ -194,6 +194,11 @@ EOF
 request.timeout.ms=5000
 default.api.timeout.ms=8000
 EOF
+  # Changing a SCRAM user must not fail just because a loaded machine is slow to answer.
+  cat >"$RUN/scram-admin.properties" <<'EOF'
+request.timeout.ms=15000
+default.api.timeout.ms=30000
+EOF
 }
 
 # Format the storage once, with a random cluster id. meta.properties marks a
@@ -400,7 +405,7 @@ cmd_create_topic() {
 set_scram() {
   local m
   for m in SCRAM-SHA-256 SCRAM-SHA-512; do
-    tool "$CONFIG_MAIN" --bootstrap-server "$BOOTSTRAP" --command-config "$RUN/admin.properties" \
+    tool "$CONFIG_MAIN" --bootstrap-server "$BOOTSTRAP" --command-config "$RUN/scram-admin.properties" \
       --alter --entity-type users --entity-name "$1" --add-config "$m=[password=$2]" >/dev/null || return 1
   done
 }

@@ -611,11 +611,11 @@ mod tests {
     #[test]
     fn credential_files_are_secret_files_and_ssl_locations() {
         let dir = tempfile::tempdir().unwrap();
-        let c = parse(&format!(
-            r#"{{"brokers":"b:9092","options":{{"ssl.ca.location":"/etc/ca.pem","ssl.key.location":"/k.pem",
-                 "ssl.certificate.location":"/c.pem","sasl.username":"u"}},
-                "secret_options":{{"sasl.password":{{"file":"/pw"}},"ssl.key.password":{{"value":"x"}}}}}}"#
-        ));
+        let c = parse(
+            r#"{"brokers":"b:9092","options":{"ssl.ca.location":"/etc/ca.pem","ssl.key.location":"/k.pem",
+                 "ssl.certificate.location":"/c.pem","sasl.username":"u"},
+                "secret_options":{"sasl.password":{"file":"/pw"},"ssl.key.password":{"value":"x"}}}"#,
+        );
         let mut files: Vec<String> = c.credential_files().iter().map(|p| p.display().to_string()).collect();
         files.sort();
         assert_eq!(files, ["/c.pem", "/etc/ca.pem", "/k.pem", "/pw"]);

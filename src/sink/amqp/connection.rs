@@ -193,7 +193,8 @@ pub fn tls_connector(tls: &AmqpTlsConfig) -> Result<RustlsConnector, (&'static s
 }
 
 /// Opens the TCP connection and, for `amqps://`, the TLS session with `connector` (lapin's own
-/// connect, with our TLS settings).
+/// connect, with our TLS settings). The result type is the one lapin's connector asks for.
+#[allow(clippy::result_large_err)]
 fn connect_with(uri: &AMQPUri, connector: &RustlsConnector) -> HandshakeResult {
     let addr = format!("{}:{}", uri.authority.host, uri.authority.port);
     let stream = match uri.query.connection_timeout {
@@ -208,6 +209,7 @@ fn connect_with(uri: &AMQPUri, connector: &RustlsConnector) -> HandshakeResult {
     Ok(stream)
 }
 
+#[allow(clippy::result_large_err)] // the closure returns lapin's HandshakeResult
 async fn open(
     uri: &AMQPUri,
     properties: ConnectionProperties,
@@ -240,7 +242,7 @@ pub fn connect_failure(detail: &str) -> String {
     } else if d.contains("alert") && (d.contains("certificate") || d.contains("unknownca") || d.contains("unknown ca"))
     {
         "client certificate refused by the broker"
-    } else if d.contains("access_refused") || d.contains("403") || d.contains("authentication") {
+    } else if d.contains("access_refused") || d.contains("authentication") {
         "authentication failed"
     } else {
         return detail.to_string();
@@ -499,6 +501,29 @@ mod tests {
         assert_eq!(uri.query.frame_max, Some(131_072));
         assert_eq!(uri.query.connection_timeout, Some(700));
         assert_eq!(uri.vhost, "v");
+    }
+
+    #[test]
+    fn connect_failures_name_their_cause_first() {
+        for (detail, cause) in [
+            (
+                "IO error: invalid peer certificate: UnknownIssuer",
+                "certificate not trusted",
+            ),
+            (
+                "403 ACCESS_REFUSED - Login was refused using authentication mechanism PLAIN",
+                "authentication failed",
+            ),
+            (
+                "IO error: received fatal alert: CertificateUnknown",
+                "client certificate refused by the broker",
+            ),
+        ] {
+            let text = connect_failure(detail);
+            assert!(text.starts_with(cause) && text.ends_with(detail), "{text}");
+        }
+        let refused = "IO error: Connection refused (os error 111)";
+        assert_eq!(connect_failure(refused), refused);
     }
 
     #[test]

@@ -55,7 +55,9 @@ pub fn security_cause(code: Option<RDKafkaErrorCode>, reason: &str) -> Option<St
     ) || r.contains("sasl authentication error")
     {
         "authentication failed"
-    } else if code == Some(RDKafkaErrorCode::SSL) || r.contains("ssl handshake failed") {
+    } else if code == Some(RDKafkaErrorCode::SSL) || r.contains("ssl handshake failed") || r.contains("ssl routines") {
+        // With TLS 1.3 the broker refuses a client certificate after the client finished its
+        // handshake: the alert arrives as a failed receive ("sslv3 alert certificate unknown").
         if r.contains("certificate verify failed") {
             if r.contains("expired") {
                 "broker certificate expired"
@@ -155,6 +157,10 @@ mod tests {
         let refused =
             "ssl://127.0.0.1:9095/bootstrap: SSL handshake failed: error:0A000418:SSL routines::tlsv1 alert unknown ca";
         let c = security_cause(Some(RDKafkaErrorCode::SSL), refused).unwrap();
+        assert!(c.starts_with("client certificate refused by the broker"), "{c}");
+        let after_handshake = "ssl://127.0.0.1:9095/bootstrap: Receive failed: error:0A000416:SSL routines::\
+                               sslv3 alert certificate unknown: SSL alert number 46 (after 17ms in state APIVERSION_QUERY)";
+        let c = security_cause(Some(RDKafkaErrorCode::BrokerTransportFailure), after_handshake).unwrap();
         assert!(c.starts_with("client certificate refused by the broker"), "{c}");
         assert_eq!(
             security_cause(Some(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down"),
