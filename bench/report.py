@@ -362,8 +362,9 @@ def soak_section():
     minutes = s["duration_s"] / 60
     slope = lambda x, unit: "n/a" if x is None else f"{x:+.1f} {unit}/min"
     L.append(f"Last run: {minutes:g} min at {s['rate']:,} events/s ({s['profile']} build, commit {s['commit']}, "
-             f"{s['finished']}): {s['requests']:,} requests, status {s['status']}, all 200: "
-             f"{'yes' if s['all_200'] else 'NO'}.")
+             f"{s['finished']}): {s['requests']:,} requests answered ({s['requests_per_sec'] or 0:,.0f}/s), "
+             f"status {s['status']}, {s['unsent'] or 0:,} not sent because the run fell behind the rate; "
+             f"every answer 200 and none missing: {'yes' if s['all_200'] else 'NO'}.")
     L.append("")
     L.append("| | first sample | last sample | max | slope after the first " f"{s['warmup_s']} s |")
     L.append("| --- | --- | --- | --- | --- |")

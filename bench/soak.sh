@@ -119,8 +119,11 @@ try:
 except (OSError, ValueError):
     load = {}
 
+# The last sample is taken after the load ended: it shows what was released, not the trend.
+run = [s for s in samples if s["t"] <= int(duration)] or samples
+
 def slope(key):
-    pts = [(s["t"], s[key]) for s in samples if s["t"] >= int(warmup)]
+    pts = [(s["t"], s[key]) for s in run if s["t"] >= int(warmup)]
     if len(pts) < 2:
         return None
     n = len(pts)
@@ -140,10 +143,11 @@ result = {
     "requests": load.get("requests", 0), "status": status, "errors": load.get("errors"),
     "unsent": load.get("unsent"), "requests_per_sec": load.get("requests_per_sec"),
     "latency_ms": load.get("latency_ms"),
-    "rss_kib_first": samples[0]["rss_kib"], "rss_kib_last": samples[-1]["rss_kib"],
+    "rss_kib_first": run[0]["rss_kib"], "rss_kib_last": run[-1]["rss_kib"],
     "rss_kib_max": max(s["rss_kib"] for s in samples),
-    "fds_first": samples[0]["fds"], "fds_last": samples[-1]["fds"],
+    "fds_first": run[0]["fds"], "fds_last": run[-1]["fds"],
     "fds_max": max(s["fds"] for s in samples),
+    "rss_kib_after_load": samples[-1]["rss_kib"], "fds_after_load": samples[-1]["fds"],
     "rss_slope_kib_per_min": slope("rss_kib"), "fds_slope_per_min": slope("fds"),
     "all_200": ok, "samples": samples,
 }
