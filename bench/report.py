@@ -335,6 +335,8 @@ def write_markdown(r, out_md, svg_name):
         L.append(open(findings).read().strip())
         L.append("")
 
+    L.extend(soak_section())
+
     L.append("## Rerun")
     L.append("")
     L.append("`bench/run.sh` (about 10 minutes; needs Java 17+ and Maven for Kafka, Debian's rabbitmq-server, "
@@ -344,6 +346,41 @@ def write_markdown(r, out_md, svg_name):
     L.append("")
     with open(out_md, "w") as f:
         f.write("\n".join(L))
+
+
+def soak_section():
+    """The Soak section, from bench/soak.sh's results file (bench/soak/results.json)."""
+    L = ["## Soak", ""]
+    L.append("`bench/soak.sh` runs the bridge against Kafka at a fixed rate (default 10 minutes at 1,000 "
+             "events/s, 4 KiB, concurrency 64), samples its RSS and open file descriptors every 10 s, and "
+             "fits a least-squares line through the samples after the first minute: a flat slope means "
+             "no leak. It writes `bench/soak/results.json` and fails unless every answer was 200.")
+    L.append("")
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "soak", "results.json")
+    if not os.path.exists(path):
+        L.append("No soak result yet.")
+        L.append("")
+        return L
+    s = load(path)
+    minutes = s["duration_s"] / 60
+    slope = lambda x, unit: "n/a" if x is None else f"{x:+.1f} {unit}/min"
+    L.append(f"Last run: {minutes:g} min at {s['rate']:,} events/s ({s['profile']} build, commit {s['commit']}, "
+             f"{s['finished']}): {s['requests']:,} requests answered ({s['requests_per_sec'] or 0:,.0f}/s), "
+             f"status {s['status']}, {s['unsent'] or 0:,} not sent because the run fell behind the rate; "
+             f"every answer 200 and none missing: {'yes' if s['all_200'] else 'NO'}.")
+    L.append("")
+    L.append("| | first sample | last sample | max | slope after the first " f"{s['warmup_s']} s |")
+    L.append("| --- | --- | --- | --- | --- |")
+    L.append(f"| RSS | {s['rss_kib_first'] / 1024:.1f} MiB | {s['rss_kib_last'] / 1024:.1f} MiB | "
+             f"{s['rss_kib_max'] / 1024:.1f} MiB | {slope(s['rss_slope_kib_per_min'], 'KiB')} |")
+    L.append(f"| open fds | {s['fds_first']} | {s['fds_last']} | {s['fds_max']} | "
+             f"{slope(s['fds_slope_per_min'], 'fds')} |")
+    L.append("")
+    if s["duration_s"] < 600:
+        L.append(f"This was a {minutes:g}-minute proof of the script, not the 10-minute soak; "
+                 "run `bench/soak.sh` on a quiet machine for the real figures.")
+        L.append("")
+    return L
 
 
 COLORS = {"p50": "#1b9e77", "p90": "#7570b3", "p99": "#d95f02", "p999": "#e7298a"}
