@@ -246,19 +246,56 @@ impl Write for Captured {
     }
 }
 
+thread_local! {
+    /// Where this thread's log lines go while a test captures them.
+    static CAPTURE: std::cell::RefCell<Option<Captured>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Writes to the [`Captured`] of the current thread, if any; lines of other threads are dropped.
+struct ThisThread;
+
+impl Write for ThisThread {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        CAPTURE.with(|c| {
+            if let Some(captured) = c.borrow().as_ref() {
+                captured.0.lock().unwrap().extend_from_slice(b);
+            }
+        });
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Stops capturing this thread's lines when dropped.
+struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| *c.borrow_mut() = None);
+    }
+}
+
 impl Captured {
     /// Sends every log line of this thread here, as `hookbridge serve` writes them (text, capped),
     /// until the guard is dropped. The tests run on a current-thread runtime, so every task of the
-    /// bridge logs here.
-    fn install(&self) -> tracing::subscriber::DefaultGuard {
-        let out = self.clone();
-        let writer = hookbridge::logging::Capped::new(move || out.clone(), hookbridge::logging::MAX_LINE_BYTES, false);
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(writer)
-            .with_ansi(false)
-            .with_env_filter("info")
-            .finish();
-        tracing::subscriber::set_default(subscriber)
+    /// bridge logs here. One global subscriber serves every test of this binary: a thread-local
+    /// subscriber per test would race with tests on other threads over tracing's per-call-site
+    /// cache of whether anyone listens, and a warning could go unseen.
+    fn install(&self) -> CaptureGuard {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let writer = hookbridge::logging::Capped::new(|| ThisThread, hookbridge::logging::MAX_LINE_BYTES, false);
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(writer)
+                .with_ansi(false)
+                .with_env_filter("info")
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+        });
+        CAPTURE.with(|c| *c.borrow_mut() = Some(self.clone()));
+        CaptureGuard
     }
 
     fn text(&self) -> String {
