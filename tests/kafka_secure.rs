@@ -349,19 +349,7 @@ fn no_password_appears_in_logs_answers_or_check_config() {
         config(&sasl_ssl_brokers(), &options, &[("sasl.password", &pw)], &topic) + "\nlog:\n  level: debug\n";
     let secrets = [wrong, KAFKA_SCRAM_PASSWORD, "hb-unused-oauth-secret-d41a", SECRET];
 
-    std::fs::write(dir.path().join("check.yaml"), &config_text).unwrap();
-    let check = std::process::Command::new(bin())
-        .args(["check-config", "--config"])
-        .arg(dir.path().join("check.yaml"))
-        .output()
-        .unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    assert!(check.status.success(), "{printed}");
-    assert_no_secret("check-config output", &printed, &secrets);
+    check_config_shows_no_secret(dir.path(), &config_text, &secrets);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(create_topic(&topic, &[]));

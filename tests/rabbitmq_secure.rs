@@ -188,19 +188,7 @@ fn no_password_appears_in_logs_answers_or_check_config() {
     let text_config = config(&password_url(), &extra, &exchange, &queue) + "\nlog:\n  level: debug\n";
     let secrets = [wrong, AMQP_PASSWORD, SECRET];
 
-    std::fs::write(dir.path().join("check.yaml"), &text_config).unwrap();
-    let check = std::process::Command::new(bin())
-        .args(["check-config", "--config"])
-        .arg(dir.path().join("check.yaml"))
-        .output()
-        .unwrap();
-    let printed = format!(
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    assert!(check.status.success(), "{printed}");
-    assert_no_secret("check-config output", &printed, &secrets);
+    check_config_shows_no_secret(dir.path(), &text_config, &secrets);
 
     let mut served = serve_binary(dir.path(), &text_config);
     // Read the log while it is written: a full pipe would block the bridge.

@@ -60,6 +60,25 @@ pub fn assert_no_secret(what: &str, text: &str, secrets: &[&str]) {
     }
 }
 
+/// Runs `hookbridge check-config` on `config_text` (written into `dir`), requires it to pass, and
+/// panics if its output shows any of `secrets`.
+pub fn check_config_shows_no_secret(dir: &Path, config_text: &str, secrets: &[&str]) {
+    let path = dir.join("check.yaml");
+    std::fs::write(&path, config_text).unwrap();
+    let check = std::process::Command::new(crate::common::bin())
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "{printed}");
+    assert_no_secret("check-config output", &printed, secrets);
+}
+
 /// `hookbridge_sink_up{sink="NAME"}` as `/metrics` shows it now.
 pub async fn sink_up(admin: std::net::SocketAddr, sink: &str) -> Option<f64> {
     let text = text(&crate::common::get(admin, "/metrics").await);
