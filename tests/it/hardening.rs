@@ -2,7 +2,7 @@
 //! concurrency cap, TLS, and the source allow-list.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
