@@ -14,9 +14,9 @@ use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use super::config::{AmqpTlsConfig, RabbitMqSinkConfig};
 use super::message::{describe, is_not_found};
 use super::Shared;
-use crate::config::rabbitmq::{AmqpTlsConfig, RabbitMqSinkConfig};
 use crate::sink::SinkError;
 
 /// Heartbeat proposed when the URL sets none, so a silently dead peer is noticed within ~20 s.
@@ -126,11 +126,7 @@ pub fn tls_connector(tls: &AmqpTlsConfig) -> Result<RustlsConnector, (&'static s
         std::fs::read(path).map_err(|e| {
             (
                 key,
-                format!(
-                    "cannot read {}: {}",
-                    path.display(),
-                    crate::config::secret::io_reason(&e)
-                ),
+                format!("cannot read {}: {}", path.display(), crate::fields::io_reason(&e)),
             )
         })
     };
