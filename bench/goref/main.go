@@ -18,6 +18,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -94,21 +95,18 @@ func main() {
 			return
 		}
 		signature := r.Header.Get("Stripe-Signature")
-		ev, err := webhook.ConstructEventWithOptions(body, signature, *secret,
-			webhook.ConstructEventOptions{IgnoreAPIVersionMismatch: true})
-		if err != nil {
+		ev, key, err := parse(body, signature, *secret)
+		if errors.Is(err, webhook.ErrInvalidHeader) || errors.Is(err, webhook.ErrNoValidSignature) ||
+			errors.Is(err, webhook.ErrNotSigned) || errors.Is(err, webhook.ErrTooOld) {
 			answer(w, http.StatusBadRequest, "signature_mismatch")
 			return
-		}
-		key := ev.ID
-		if ev.Data != nil {
-			if id, ok := ev.Data.Object["id"].(string); ok && id != "" {
-				key = id
-			}
+		} else if err != nil {
+			answer(w, http.StatusBadRequest, "invalid_event")
+			return
 		}
 		ctx, cancel := context.WithTimeout(r.Context(), *ackTimeout)
 		defer cancel()
-		if err := pub.publish(ctx, &ev, key, body, signature); err != nil {
+		if err := pub.publish(ctx, ev, key, body, signature); err != nil {
 			answer(w, http.StatusServiceUnavailable, "sink_unavailable")
 			return
 		}
@@ -126,6 +124,41 @@ func main() {
 	if err := srv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Fatalf("goref: %v", err)
 	}
+}
+
+// parse verifies the signature and reads the event: a snapshot event with ConstructEvent, a thin
+// (v2) event, whose `created` is a timestamp string, as stripe-go's ThinEvent. Returns the event
+// (for the headers) and the message key: data.object.id (related_object.id), else the event id.
+func parse(body []byte, signature, secret string) (*stripe.Event, string, error) {
+	ev, err := webhook.ConstructEventWithOptions(body, signature, secret,
+		webhook.ConstructEventOptions{IgnoreAPIVersionMismatch: true})
+	if err == nil {
+		key := ev.ID
+		if ev.Data != nil {
+			if id, ok := ev.Data.Object["id"].(string); ok && id != "" {
+				key = id
+			}
+		}
+		return &ev, key, nil
+	}
+	if errors.Is(err, webhook.ErrInvalidHeader) || errors.Is(err, webhook.ErrNoValidSignature) ||
+		errors.Is(err, webhook.ErrNotSigned) || errors.Is(err, webhook.ErrTooOld) {
+		return nil, "", err
+	}
+	// The signature was valid (ConstructEvent checks it before parsing): try a thin event.
+	var thin stripe.ThinEvent
+	if json.Unmarshal(body, &thin) != nil || thin.ID == "" {
+		return nil, "", err
+	}
+	out := &stripe.Event{ID: thin.ID, Type: stripe.EventType(thin.Type), Livemode: thin.Livemode}
+	if thin.Context != nil {
+		out.Account = *thin.Context
+	}
+	key := thin.ID
+	if thin.RelatedObject != nil && thin.RelatedObject.ID != "" {
+		key = thin.RelatedObject.ID
+	}
+	return out, key, nil
 }
 
 func answer(w http.ResponseWriter, status int, code string) {
