@@ -364,7 +364,7 @@ fn explain_route(
     }
     let target = |t: &hookbridge::route::Target| {
         let kind = settings.sinks[t.sink].config.kind();
-        let field = if kind == "rabbitmq" { "routing_key" } else { "topic" };
+        let field = settings.sinks[t.sink].config.destination_field();
         format!("sink {} ({kind}) {field} {}", t.sink_name, t.destination.render(&meta))
     };
     let mut matched = None;
@@ -447,6 +447,7 @@ fn describe(s: &Settings) -> String {
             RawSink::Rabbitmq(r) => r.summary(),
             RawSink::File(f) => format!("path {}", f.path),
             RawSink::Discard(d) => format!("delay {}", humantime::format_duration(d.delay)),
+            RawSink::Nats(n) => n.summary(),
         };
         let _ = writeln!(out, "  {} ({}) {detail}", sink.name, sink.config.kind());
     }

@@ -298,6 +298,12 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
                 }
             }
             RawSink::Discard(d) => at_most(&mut p, &format!("{path}.delay"), d.delay, Duration::from_secs(3600)),
+            RawSink::Nats(n) => {
+                if !cfg!(feature = "nats") {
+                    p.push(format!("{path}.kind"), "this build of hookbridge has no nats support");
+                }
+                n.validate(&path, raw.ack_timeout, &mut p);
+            }
         }
         sinks.push(SinkSettings {
             name: name.clone(),
@@ -611,33 +617,24 @@ fn validate_target(tpath: &str, t: &raw::RawTarget, sinks: &[SinkSettings], p: &
         return None;
     };
     let kind = sinks[index].config.kind();
-    let wants_routing_key = kind == "rabbitmq";
-    let (field, value) = match (wants_routing_key, &t.topic, &t.routing_key) {
-        (false, Some(topic), None) => ("topic", topic),
-        (true, None, Some(key)) => ("routing_key", key),
-        (false, _, Some(_)) => {
-            p.push(
-                format!("{tpath}.routing_key"),
-                format!("a {kind} sink takes `topic`, not `routing_key`"),
-            );
-            return None;
-        }
-        (true, Some(_), _) => {
-            p.push(
-                format!("{tpath}.topic"),
-                "a rabbitmq sink takes `routing_key`, not `topic`",
-            );
-            return None;
-        }
-        (false, None, None) => {
-            p.push(format!("{tpath}.topic"), format!("a {kind} sink needs a `topic`"));
-            return None;
-        }
-        (true, None, None) => {
-            p.push(format!("{tpath}.routing_key"), "a rabbitmq sink needs a `routing_key`");
-            return None;
-        }
+    let wanted = sinks[index].config.destination_field();
+    let given = [
+        ("topic", &t.topic),
+        ("routing_key", &t.routing_key),
+        ("subject", &t.subject),
+    ];
+    if let Some((field, _)) = given.iter().find(|(f, v)| v.is_some() && *f != wanted) {
+        p.push(
+            format!("{tpath}.{field}"),
+            format!("a {kind} sink takes `{wanted}`, not `{field}`"),
+        );
+        return None;
+    }
+    let Some(value) = given.iter().find(|(f, _)| *f == wanted).and_then(|(_, v)| v.as_ref()) else {
+        p.push(format!("{tpath}.{wanted}"), format!("a {kind} sink needs a `{wanted}`"));
+        return None;
     };
+    let field = wanted;
     match Template::parse(value) {
         Ok(destination) => Some(Target {
             sink: index,

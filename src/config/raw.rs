@@ -185,6 +185,8 @@ pub enum RawSink {
     Rabbitmq(RabbitMqSinkConfig),
     File(FileSinkConfig),
     Discard(DiscardSinkConfig),
+    /// Boxed: the largest config by far, and sinks are few.
+    Nats(Box<crate::sink::nats::config::NatsSinkConfig>),
 }
 
 impl RawSink {
@@ -194,6 +196,16 @@ impl RawSink {
             RawSink::Rabbitmq(_) => "rabbitmq",
             RawSink::File(_) => "file",
             RawSink::Discard(_) => "discard",
+            RawSink::Nats(_) => "nats",
+        }
+    }
+
+    /// The target field that names a destination of this kind of sink.
+    pub fn destination_field(&self) -> &'static str {
+        match self {
+            RawSink::Rabbitmq(_) => "routing_key",
+            RawSink::Nats(_) => "subject",
+            RawSink::Kafka(_) | RawSink::File(_) | RawSink::Discard(_) => "topic",
         }
     }
 }
@@ -258,6 +270,8 @@ pub struct RawTarget {
     pub topic: Option<String>,
     /// Routing key template, for rabbitmq sinks.
     pub routing_key: Option<String>,
+    /// Subject template, for nats sinks.
+    pub subject: Option<String>,
 }
 
 /// Duplicate suppression: an event id published within the window is answered 200 and not
@@ -360,7 +374,7 @@ fn opt_one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>
 }
 
 /// One string or a list of strings, as a list; `expected` is the error otherwise.
-fn strings<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result<Vec<String>, D::Error> {
+pub(crate) fn strings<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

@@ -5,6 +5,8 @@ pub mod cloudevents;
 pub mod discard;
 pub mod file;
 pub mod memory;
+pub mod nats;
+pub mod tls;
 
 // kafka and amqp modules: being written
 #[cfg(feature = "amqp")]
@@ -32,6 +34,7 @@ impl CredentialStamp {
         let files = match &settings.config {
             RawSink::Kafka(k) => k.credential_files(),
             RawSink::Rabbitmq(r) => r.credential_files(),
+            RawSink::Nats(n) => n.credential_files(),
             RawSink::File(_) | RawSink::Discard(_) => Vec::new(),
         };
         CredentialStamp(files.into_iter().map(|f| (f.clone(), digest(&f))).collect())
@@ -215,6 +218,8 @@ pub async fn build(s: &SinkSettings, ack_timeout: std::time::Duration) -> Result
         RawSink::Kafka(c) => Arc::new(kafka::KafkaSink::new(&s.name, c, ack_timeout).map_err(err)?),
         #[cfg(feature = "amqp")]
         RawSink::Rabbitmq(c) => Arc::new(amqp::AmqpSink::new(&s.name, c, ack_timeout).await.map_err(err)?),
+        #[cfg(feature = "nats")]
+        RawSink::Nats(c) => Arc::new(nats::NatsSink::new(&s.name, c, ack_timeout).await.map_err(err)?),
         #[allow(unreachable_patterns)]
         other => return Err(err(format!("this build has no {} support", other.kind()))),
     })
