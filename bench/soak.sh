@@ -11,7 +11,8 @@
 #   SOAK_DURATION  seconds of load            (600)
 #   SOAK_RATE      events per second          (1000)
 #   SOAK_INTERVAL  seconds between samples    (10)
-#   SOAK_WARMUP    seconds left out of the slopes (60, or a sixth of a shorter run)
+#   SOAK_WARMUP    seconds left out of the slopes (120 for a run of 10 minutes or more, else a
+#                  sixth of the run: RSS settles in the first 80-100 s at 1,000 events/s)
 #   SOAK_SIZE      body bytes                 (4096)
 #   SOAK_PROFILE   release or debug           (release)
 #   SOAK_OUT       results file               (bench/soak/results.json; BENCHMARKS.md's Soak
@@ -24,7 +25,7 @@ ROOT="$PWD"
 DURATION="${SOAK_DURATION:-600}"
 RATE="${SOAK_RATE:-1000}"
 INTERVAL="${SOAK_INTERVAL:-10}"
-WARMUP="${SOAK_WARMUP:-$(( DURATION >= 360 ? 60 : DURATION / 6 ))}"
+WARMUP="${SOAK_WARMUP:-$(( DURATION >= 600 ? 120 : DURATION / 6 ))}"
 SIZE="${SOAK_SIZE:-4096}"
 PROFILE="${SOAK_PROFILE:-release}"
 OUT="${SOAK_OUT:-$ROOT/bench/soak/results.json}"
@@ -60,6 +61,8 @@ if [[ "$PROFILE" == release ]]; then
 else
   cargo build --bin hookbridge
 fi
+# The commit the binary was built from, taken now: a commit made during the run must not relabel it.
+COMMIT="$(git rev-parse --short HEAD)"
 
 say "Kafka on 127.0.0.1:$KAFKA_PORT"
 deploy/local/kafka.sh start
@@ -110,7 +113,7 @@ sample "$(( $(date +%s) - START ))"
 
 mkdir -p "$(dirname "$OUT")"
 python3 - "$WORK/samples.jsonl" "$WORK/load.json" "$OUT" "$WARMUP" "$DURATION" "$RATE" "$INTERVAL" "$SIZE" \
-  "$(git rev-parse --short HEAD)" "$PROFILE" "$load_code" <<'PY'
+  "$COMMIT" "$PROFILE" "$load_code" <<'PY'
 import json, sys, time
 samples_path, load_path, out, warmup, duration, rate, interval, size, commit, profile, load_code = sys.argv[1:]
 samples = [json.loads(l) for l in open(samples_path)]

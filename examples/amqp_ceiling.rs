@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hookbridge::bench::ceiling::{CeilingReport, Sent};
 use hookbridge::bench::CeilingArgs;
-use hookbridge::config::RawSink;
+use hookbridge::sink::SinkKind;
 use lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
@@ -51,7 +51,7 @@ async fn main() {
     let args = Args::parse();
     let (_, rabbit) =
         hookbridge::bench::sink_from_config(&args.common.config, args.common.sink.as_deref(), |c| match c {
-            RawSink::Rabbitmq(x) => Some(x.clone()),
+            SinkKind::Rabbitmq(x) => Some(x.clone()),
             _ => None,
         })
         .unwrap_or_else(|e| {

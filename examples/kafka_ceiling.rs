@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use hookbridge::bench::ceiling::{CeilingReport, Sent};
 use hookbridge::bench::CeilingArgs;
-use hookbridge::config::RawSink;
+use hookbridge::sink::SinkKind;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -46,7 +46,7 @@ async fn main() {
     let args = Args::parse();
     let (settings, kafka) =
         hookbridge::bench::sink_from_config(&args.common.config, args.common.sink.as_deref(), |c| match c {
-            RawSink::Kafka(x) => Some(x.clone()),
+            SinkKind::Kafka(x) => Some(x.clone()),
             _ => None,
         })
         .unwrap_or_else(|e| {

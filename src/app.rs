@@ -314,7 +314,7 @@ impl State {
                     built.push(sink.clone());
                     wait_healthy(sink.as_ref(), &self.draining).await.map(|()| sink)
                 }
-                Err(e) => Err(e.message),
+                Err(e) => Err(e.source.to_string()),
             };
             match ready {
                 Ok(sink) => sinks.push(sink),

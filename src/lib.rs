@@ -3,13 +3,17 @@
 //! target confirmed the message durable.
 //!
 //! # Layout
-//! - [`config`]: the YAML/env config in three shapes (raw, validated, runtime) and secrets.
+//! - [`fields`]: what every config is made of: problems named by key path, secret sources,
+//!   duration and scalar fields.
+//! - [`config`]: the YAML/env config of the whole file in three shapes (raw, validated, runtime).
 //! - [`verify`]: Stripe's signature scheme, with an injected clock; also signs for `hookbridge sign`.
 //! - [`event`]: event metadata (id, type, account, object id…) read from the raw bytes.
 //! - [`route`]: globs, filters (livemode, account, endpoint), destination templates, the
 //!   first-match route table and the dead-letter targets.
-//! - [`sink`]: the `Sink` trait, its error classes, the kafka, rabbitmq, file, discard and
-//!   in-memory sinks, and the optional CloudEvents headers.
+//! - [`sink`]: the `Sink` trait, its error classes, the one enum of sink kinds with the
+//!   `SinkConfig` trait each kind's config implements, the kafka, rabbitmq, file, discard and
+//!   in-memory sinks (each module owning its config, validation and construction), and the
+//!   optional CloudEvents headers.
 //! - [`dedup`]: the bounded window of event ids already published.
 //! - [`http`]: the accept loop, the webhook handler, the admin port and the error→response mapping.
 //! - [`logging`]: log lines capped by bytes.
@@ -25,6 +29,7 @@ pub mod client;
 pub mod config;
 pub mod dedup;
 pub mod event;
+pub mod fields;
 pub mod http;
 pub mod logging;
 pub mod metrics;

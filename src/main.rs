@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use hookbridge::config::{self, ConfigError, RawSink, Settings};
+use hookbridge::config::{self, ConfigError, Settings};
 use hookbridge::verify;
 
 #[derive(Parser)]
@@ -363,8 +363,8 @@ fn explain_route(
         );
     }
     let target = |t: &hookbridge::route::Target| {
-        let kind = settings.sinks[t.sink].config.kind();
-        let field = settings.sinks[t.sink].config.destination_field();
+        let config = settings.sinks[t.sink].config.config();
+        let (kind, field) = (config.kind(), config.destination().key());
         format!("sink {} ({kind}) {field} {}", t.sink_name, t.destination.render(&meta))
     };
     let mut matched = None;
@@ -442,13 +442,7 @@ fn describe(s: &Settings) -> String {
     }
     let _ = writeln!(out, "sinks:");
     for sink in &s.sinks {
-        let detail = match &sink.config {
-            RawSink::Kafka(k) => k.describe(s.ack_timeout),
-            RawSink::Rabbitmq(r) => r.summary(),
-            RawSink::File(f) => format!("path {}", f.path),
-            RawSink::Discard(d) => format!("delay {}", humantime::format_duration(d.delay)),
-            RawSink::Nats(n) => n.summary(),
-        };
+        let detail = sink.config.config().describe(s.ack_timeout);
         let _ = writeln!(out, "  {} ({}) {detail}", sink.name, sink.config.kind());
     }
     let _ = writeln!(out, "routes:");

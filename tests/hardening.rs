@@ -386,6 +386,77 @@ async fn hundreds_of_stalled_uploads_stay_within_the_body_budget_and_valid_event
     drop(served);
 }
 
+/// Opens a connection and sends `bytes` of a request head that never ends, keeping it open.
+async fn stuffed_head(addr: std::net::SocketAddr, bytes: usize) -> Option<tokio::net::TcpStream> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let mut head = b"POST /webhooks/stripe HTTP/1.1\r\nhost: x\r\nx-pad: ".to_vec();
+    head.resize(bytes, b'a');
+    s.write_all(&head).await.ok()?;
+    Some(s)
+}
+
+/// The README's per-connection term: a connection holding a request head just under hyper's
+/// hard limit (twice `max_header_bytes`) costs at most four times `max_header_bytes`.
+const PER_CONNECTION_KIB: u64 = 4 * 16;
+
+#[tokio::test]
+async fn a_full_house_of_stuffed_heads_and_stalled_uploads_stays_within_the_stated_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    // Defaults (max_header_bytes 16 KiB, max_buffered_bytes 32 MiB, max_connections 1024), with
+    // heads given 60 s so that every hostile connection is still held when the peak is taken.
+    let yaml_text = format!(
+        "{}http:\n  header_read_timeout: 60s\nlog:\n  level: error\n",
+        yaml(ROUTE_ALL)
+    );
+    let served = serve_binary(dir.path(), &yaml_text);
+    let addr = served.webhook_addr();
+    let pid = served.child.id();
+    assert_eq!(
+        try_post(addr, event("evt_warm", "invoice.paid")).await,
+        Some(StatusCode::OK)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_kib = vm_rss_kib(pid);
+    // 700 heads of 31,000 bytes (under the 32 KiB hard limit, so none is answered 431) and 300
+    // uploads stalled after 900 KB: 1,000 of the 1,024 connections, each holding what it can.
+    let heads: Vec<_> = (0..700)
+        .map(|_| tokio::spawn(async move { stuffed_head(addr, 31_000).await }))
+        .collect();
+    let uploads: Vec<_> = (0..300)
+        .map(|_| tokio::spawn(async move { stalled_upload(addr, 1_000_000, 900_000).await }))
+        .collect();
+    let mut held = Vec::new();
+    for h in heads.into_iter().chain(uploads) {
+        held.push(h.await.unwrap().expect("connection opened"));
+    }
+    // Let the bridge read what was sent before taking the peak.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..10 {
+        let status = try_post(addr, event(&format!("evt_house{i}"), "invoice.paid")).await;
+        assert_eq!(
+            status,
+            Some(StatusCode::OK),
+            "valid event {i} beside 1,000 hostile connections"
+        );
+    }
+    let peak_kib = vm_hwm_kib(pid);
+    let grown_kib = peak_kib.saturating_sub(idle_kib);
+    let bound_kib = idle_kib + 32 * 1024 + 1024 * PER_CONNECTION_KIB;
+    eprintln!("idle RSS {idle_kib} KiB, peak RSS {peak_kib} KiB, grown {grown_kib} KiB (bound {bound_kib} KiB)");
+    assert!(
+        peak_kib <= bound_kib,
+        "peak RSS {peak_kib} KiB is over idle {idle_kib} KiB + 32 MiB + 1,024 × {PER_CONNECTION_KIB} KiB"
+    );
+    // The heads were really held: the large uploads alone may hold only three quarters of the
+    // budget (24 MiB), and each head at least 16 KiB.
+    assert!(
+        grown_kib > 24 * 1024 + 700 * 16,
+        "only {grown_kib} KiB grown: the heads were not held"
+    );
+    drop(held);
+    drop(served);
+}
+
 fn openssl_cert(dir: &Path, name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
     let cert = dir.join(format!("{name}.crt"));
     let key = dir.join(format!("{name}.key"));

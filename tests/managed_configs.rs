@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use hookbridge::config::RawSink;
+use hookbridge::sink::SinkKind;
 
 #[test]
 fn every_managed_service_example_is_a_valid_config() {
@@ -48,7 +48,7 @@ fn every_managed_service_example_is_a_valid_config() {
         let settings = hookbridge::config::load(file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         assert_eq!(settings.sinks.len(), 1, "{}", file.display());
         match &settings.sinks[0].config {
-            RawSink::Kafka(k) => {
+            SinkKind::Kafka(k) => {
                 let props = k.properties(settings.ack_timeout);
                 let protocol = props["security.protocol"].to_ascii_uppercase();
                 assert!(
@@ -57,7 +57,7 @@ fn every_managed_service_example_is_a_valid_config() {
                     file.display()
                 );
             }
-            RawSink::Rabbitmq(r) => assert!(r.url.starts_with("amqps://"), "{}", file.display()),
+            SinkKind::Rabbitmq(r) => assert!(r.url.starts_with("amqps://"), "{}", file.display()),
             _ => panic!("{}: a kafka or rabbitmq sink", file.display()),
         }
     }

@@ -236,7 +236,7 @@ pub struct CeilingReport {
 pub fn sink_from_config<T>(
     path: &std::path::Path,
     name: Option<&str>,
-    pick: impl Fn(&crate::config::RawSink) -> Option<T>,
+    pick: impl Fn(&crate::sink::SinkKind) -> Option<T>,
 ) -> Result<(crate::config::Settings, T), String> {
     let settings = crate::config::load(path).map_err(|e| e.to_string())?;
     let sink = settings

@@ -5,10 +5,7 @@
 //! environment overrides with `__` between levels. [`validate`] is pure apart from reading
 //! secrets, and reports every problem with its key path.
 
-pub mod kafka;
-pub mod rabbitmq;
 pub mod raw;
-pub mod secret;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,8 +14,9 @@ use std::time::Duration;
 use figment::providers::{Env, Format, Yaml};
 use figment::Figment;
 
-pub use raw::{RawConfig, RawSink};
-pub use secret::{Secret, SecretSource};
+pub use crate::fields::{Problem, Problems, Secret, SecretSource};
+pub use crate::sink::SinkSettings;
+pub use raw::RawConfig;
 
 use crate::route::{Filters, Glob, Route, Router, Target, Template};
 
@@ -27,44 +25,6 @@ pub const DEFAULT_PATH: &str = "config/hookbridge.yaml";
 /// Prefix of environment overrides. Ends in `__` so that Kubernetes' `HOOKBRIDGE_PORT=tcp://…`
 /// service variables are not read as config.
 pub const ENV_PREFIX: &str = "HOOKBRIDGE__";
-
-/// A problem found in the config, with the key path it concerns.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    pub path: String,
-    pub message: String,
-}
-
-impl std::fmt::Display for Problem {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.path.is_empty() {
-            f.write_str(&self.message)
-        } else {
-            write!(f, "{}: {}", self.path, self.message)
-        }
-    }
-}
-
-/// Collects problems during validation.
-#[derive(Debug, Default)]
-pub struct Problems(Vec<Problem>);
-
-impl Problems {
-    pub fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
-        self.0.push(Problem {
-            path: path.into(),
-            message: message.into(),
-        });
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    pub fn into_vec(self) -> Vec<Problem> {
-        self.0
-    }
-}
 
 /// Why the config could not be loaded. Displays as one line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -126,14 +86,14 @@ pub fn load_raw(path: &Path) -> Result<RawConfig, ConfigError> {
         Err(e) => {
             return Err(ConfigError::Unreadable {
                 path: path.display().to_string(),
-                reason: secret::io_reason(&e),
+                reason: crate::fields::io_reason(&e),
             })
         }
     }
     // Read the file ourselves so an unreadable file is an error, not an empty layer.
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Unreadable {
         path: path.display().to_string(),
-        reason: secret::io_reason(&e),
+        reason: crate::fields::io_reason(&e),
     })?;
     from_figment(
         Figment::new()
@@ -211,13 +171,6 @@ pub struct EndpointSettings {
     pub secrets: Vec<Secret>,
 }
 
-/// A validated sink.
-#[derive(Debug, Clone)]
-pub struct SinkSettings {
-    pub name: String,
-    pub config: RawSink,
-}
-
 /// Log output settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSettings {
@@ -276,35 +229,7 @@ pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
         if !valid_sink_name(name) {
             p.push(&path, "sink names use letters, digits, `_` and `-` only");
         }
-        match sink {
-            RawSink::Kafka(k) => {
-                if !cfg!(feature = "kafka") {
-                    p.push(format!("{path}.kind"), "this build of hookbridge has no kafka support");
-                }
-                k.validate(&path, raw.ack_timeout, &mut p);
-            }
-            RawSink::Rabbitmq(r) => {
-                if !cfg!(feature = "amqp") {
-                    p.push(
-                        format!("{path}.kind"),
-                        "this build of hookbridge has no rabbitmq support",
-                    );
-                }
-                r.validate(&path, raw.ack_timeout, &mut p);
-            }
-            RawSink::File(f) => {
-                if f.path.trim().is_empty() {
-                    p.push(format!("{path}.path"), "must be a file path or `-` for stdout");
-                }
-            }
-            RawSink::Discard(d) => at_most(&mut p, &format!("{path}.delay"), d.delay, Duration::from_secs(3600)),
-            RawSink::Nats(n) => {
-                if !cfg!(feature = "nats") {
-                    p.push(format!("{path}.kind"), "this build of hookbridge has no nats support");
-                }
-                n.validate(&path, raw.ack_timeout, &mut p);
-            }
-        }
+        sink.config().validate(&path, raw.ack_timeout, &mut p);
         sinks.push(SinkSettings {
             name: name.clone(),
             config: sink.clone(),
@@ -446,9 +371,7 @@ fn validate_http(raw: &raw::RawHttp, p: &mut Problems) -> HttpSettings {
 pub const MAX_ACK_TIMEOUT: Duration = Duration::from_secs(600);
 
 fn at_most(p: &mut Problems, key: &str, value: Duration, max: Duration) {
-    if value > max {
-        p.push(key, format!("must be at most {}", humantime::format_duration(max)));
-    }
+    p.at_most(key, value, max);
 }
 
 fn parse_addr(key: &str, value: &str, p: &mut Problems) -> Option<SocketAddr> {
@@ -617,24 +540,23 @@ fn validate_target(tpath: &str, t: &raw::RawTarget, sinks: &[SinkSettings], p: &
         return None;
     };
     let kind = sinks[index].config.kind();
-    let wanted = sinks[index].config.destination_field();
+    let key = sinks[index].config.config().destination().key();
     let given = [
         ("topic", &t.topic),
         ("routing_key", &t.routing_key),
         ("subject", &t.subject),
     ];
-    if let Some((field, _)) = given.iter().find(|(f, v)| v.is_some() && *f != wanted) {
+    if let Some((other, _)) = given.iter().find(|(f, v)| v.is_some() && *f != key) {
         p.push(
-            format!("{tpath}.{field}"),
-            format!("a {kind} sink takes `{wanted}`, not `{field}`"),
+            format!("{tpath}.{other}"),
+            format!("a {kind} sink takes `{key}`, not `{other}`"),
         );
         return None;
     }
-    let Some(value) = given.iter().find(|(f, _)| *f == wanted).and_then(|(_, v)| v.as_ref()) else {
-        p.push(format!("{tpath}.{wanted}"), format!("a {kind} sink needs a `{wanted}`"));
+    let Some(value) = given.iter().find(|(f, _)| *f == key).and_then(|(_, v)| v.as_ref()) else {
+        p.push(format!("{tpath}.{key}"), format!("a {kind} sink needs a `{key}`"));
         return None;
     };
-    let field = wanted;
     match Template::parse(value) {
         Ok(destination) => Some(Target {
             sink: index,
@@ -642,7 +564,7 @@ fn validate_target(tpath: &str, t: &raw::RawTarget, sinks: &[SinkSettings], p: &
             destination,
         }),
         Err(e) => {
-            p.push(format!("{tpath}.{field}"), format!("template `{value}` {e}"));
+            p.push(format!("{tpath}.{key}"), format!("template `{value}` {e}"));
             None
         }
     }

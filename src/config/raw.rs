@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use super::kafka::KafkaSinkConfig;
-use super::rabbitmq::RabbitMqSinkConfig;
-use super::secret::SecretSource;
+use crate::fields::{duration, SecretSource};
+use crate::sink::SinkKind;
 
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize)]
@@ -31,7 +30,7 @@ pub struct RawConfig {
     pub endpoints: Vec<RawEndpoint>,
     /// Named sinks; routes refer to them by name.
     #[serde(default)]
-    pub sinks: BTreeMap<String, RawSink>,
+    pub sinks: BTreeMap<String, SinkKind>,
     /// Ordered routes; the first whose `match` fits the event type wins.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -177,64 +176,6 @@ fn default_future_tolerance() -> Duration {
     crate::verify::DEFAULT_FUTURE_TOLERANCE
 }
 
-/// A sink, selected by `kind`.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum RawSink {
-    Kafka(KafkaSinkConfig),
-    Rabbitmq(RabbitMqSinkConfig),
-    File(FileSinkConfig),
-    Discard(DiscardSinkConfig),
-    /// Boxed: the largest config by far, and sinks are few.
-    Nats(Box<crate::sink::nats::config::NatsSinkConfig>),
-}
-
-impl RawSink {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            RawSink::Kafka(_) => "kafka",
-            RawSink::Rabbitmq(_) => "rabbitmq",
-            RawSink::File(_) => "file",
-            RawSink::Discard(_) => "discard",
-            RawSink::Nats(_) => "nats",
-        }
-    }
-
-    /// The target field that names a destination of this kind of sink.
-    pub fn destination_field(&self) -> &'static str {
-        match self {
-            RawSink::Rabbitmq(_) => "routing_key",
-            RawSink::Nats(_) => "subject",
-            RawSink::Kafka(_) | RawSink::File(_) | RawSink::Discard(_) => "topic",
-        }
-    }
-}
-
-/// JSON Lines, one object per published message, flushed before the publish is confirmed.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct FileSinkConfig {
-    /// File to append to, or `-` for stdout.
-    pub path: String,
-    /// `fsync` each record before confirming (durable across power loss, slower). Default false:
-    /// records are written to the OS before the answer.
-    #[serde(default)]
-    pub fsync: bool,
-    /// `cloudevents` adds the CloudEvents attributes to each record's `headers`, named as in
-    /// Kafka (`ce_id`, `ce_source`, …), to the usual `stripe-*` ones. Default `stripe`.
-    #[serde(default)]
-    pub headers: crate::sink::cloudevents::HeaderMode,
-}
-
-/// Confirms every message without storing it: for benchmarks and dry runs.
-#[derive(Debug, Clone, PartialEq, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DiscardSinkConfig {
-    /// Wait this long before confirming, to simulate a broker's latency.
-    #[serde(default, deserialize_with = "duration")]
-    pub delay: Duration,
-}
-
 /// A route: which event types, and where they go.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -340,31 +281,6 @@ fn default_log_level() -> String {
     "info".into()
 }
 
-/// Reads a duration written as `300s`, `5s`, `250ms`, `1m` (also accepts a bare number of seconds).
-pub fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        Secs(u64),
-        Text(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::Secs(s) => Ok(Duration::from_secs(s)),
-        Raw::Text(t) => parse_duration(&t).map_err(serde::de::Error::custom),
-    }
-}
-
-/// Like [`duration`], for optional fields.
-pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
-}
-
-/// Parses `300s`, `5s`, `250ms`, `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|_| format!("`{text}` is not a duration; write it like 300s, 5s or 250ms"))
-}
-
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     strings(d, "expected a glob string or a list of glob strings")
 }
@@ -385,32 +301,5 @@ pub(crate) fn strings<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result
         Ok(Raw::One(s)) => Ok(vec![s]),
         Ok(Raw::Many(v)) => Ok(v),
         Err(_) => Err(serde::de::Error::custom(expected)),
-    }
-}
-
-/// A scalar option value (string, number or boolean) kept as text, e.g. librdkafka properties.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Scalar(pub String);
-
-impl<'de> Deserialize<'de> for Scalar {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            S(String),
-            I(i64),
-            U(u64),
-            F(f64),
-            B(bool),
-        }
-        Ok(Scalar(
-            match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected a string, number or boolean"))? {
-                Raw::S(s) => s,
-                Raw::I(i) => i.to_string(),
-                Raw::U(u) => u.to_string(),
-                Raw::F(f) => f.to_string(),
-                Raw::B(b) => b.to_string(),
-            },
-        ))
     }
 }

@@ -178,9 +178,12 @@ dedup:
 
 #[test]
 fn durations_are_readable() {
-    assert_eq!(raw::parse_duration("250ms").unwrap(), Duration::from_millis(250));
-    assert_eq!(raw::parse_duration("300s").unwrap(), Duration::from_secs(300));
-    assert_eq!(raw::parse_duration("1m30s").unwrap(), Duration::from_secs(90));
+    assert_eq!(
+        crate::fields::parse_duration("250ms").unwrap(),
+        Duration::from_millis(250)
+    );
+    assert_eq!(crate::fields::parse_duration("300s").unwrap(), Duration::from_secs(300));
+    assert_eq!(crate::fields::parse_duration("1m30s").unwrap(), Duration::from_secs(90));
     let p = problems(&GOOD.replace(
         "listen: \"127.0.0.1:8080\"",
         "ack_timeout: soon\nlisten: \"127.0.0.1:8080\"",
@@ -235,7 +238,7 @@ fn env_overrides_and_kubernetes_service_variables() {
         let s = load(Path::new("c.yaml")).map_err(|e| e.to_string())?;
         assert_eq!(s.listen.to_string(), "127.0.0.1:7070");
         assert_eq!(s.ack_timeout, Duration::from_secs(2));
-        let RawSink::Kafka(k) = &s.sinks[1].config else {
+        let crate::sink::SinkKind::Kafka(k) = &s.sinks[1].config else {
             panic!("events is kafka")
         };
         assert_eq!(k.brokers, "kafka:9092");

@@ -19,7 +19,7 @@ pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<Certi
 
 fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| format!("cannot read {}: {}", p.display(), crate::config::secret::io_reason(&e)))
+        std::fs::read(p).map_err(|e| format!("cannot read {}: {}", p.display(), crate::fields::io_reason(&e)))
     };
     Ok((read(cert_file)?, read(key_file)?))
 }

@@ -6,16 +6,59 @@
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::ser::SerializeMap;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Envelope, Sink, SinkError};
-use crate::config::raw::FileSinkConfig;
+use super::{BoxError, Destination, Envelope, Sink, SinkConfig, SinkError};
+use crate::fields::Problems;
+
+/// JSON Lines, one object per published message, flushed before the publish is confirmed.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSinkConfig {
+    /// File to append to, or `-` for stdout.
+    pub path: String,
+    /// `fsync` each record before confirming (durable across power loss, slower). Default false:
+    /// records are written to the OS before the answer.
+    #[serde(default)]
+    pub fsync: bool,
+    /// `cloudevents` adds the CloudEvents attributes to each record's `headers`, named as in
+    /// Kafka (`ce_id`, `ce_source`, …), to the usual `stripe-*` ones. Default `stripe`.
+    #[serde(default)]
+    pub headers: super::cloudevents::HeaderMode,
+}
+
+impl SinkConfig for FileSinkConfig {
+    fn kind(&self) -> &'static str {
+        "file"
+    }
+
+    fn destination(&self) -> Destination {
+        Destination::Topic
+    }
+
+    fn validate(&self, path: &str, _ack_timeout: Duration, problems: &mut Problems) {
+        if self.path.trim().is_empty() {
+            problems.push(format!("{path}.path"), "must be a file path or `-` for stdout");
+        }
+    }
+
+    fn describe(&self, _ack_timeout: Duration) -> String {
+        format!("path {}", self.path)
+    }
+
+    fn build<'a>(&'a self, name: &'a str, _ack_timeout: Duration) -> BoxFuture<'a, Result<Arc<dyn Sink>, BoxError>> {
+        let built = FileSink::open(name, self)
+            .map(|sink| Arc::new(sink) as Arc<dyn Sink>)
+            .map_err(BoxError::from);
+        futures::future::ready(built).boxed()
+    }
+}
 
 /// How many records may wait for the writer before `publish` itself waits.
 const QUEUE: usize = 4096;
@@ -66,7 +109,7 @@ impl FileSink {
                 .create(true)
                 .append(true)
                 .open(&config.path)
-                .map_err(|e| format!("cannot open {}: {}", config.path, crate::config::secret::io_reason(&e)))?;
+                .map_err(|e| format!("cannot open {}: {}", config.path, crate::fields::io_reason(&e)))?;
             Box::new(AppendFile {
                 file,
                 fsync: config.fsync,

@@ -4,55 +4,45 @@
 pub mod cloudevents;
 pub mod discard;
 pub mod file;
+mod kinds;
 pub mod memory;
-pub mod nats;
-pub mod tls;
 
-// kafka and amqp modules: being written
 #[cfg(feature = "amqp")]
 pub mod amqp;
+/// A build without the `amqp` feature keeps only the `rabbitmq` sink's config, so that a config
+/// naming that sink gets a clear error.
+#[cfg(not(feature = "amqp"))]
+pub mod amqp {
+    pub mod config;
+}
 #[cfg(feature = "kafka")]
 pub mod kafka;
+/// A build without the `kafka` feature keeps only the `kafka` sink's config, so that a config
+/// naming that sink gets a clear error.
+#[cfg(not(feature = "kafka"))]
+pub mod kafka {
+    pub mod config;
+}
+#[cfg(feature = "nats")]
+pub mod nats;
+/// A build without the `nats` feature keeps only the `nats` sink's config, so that a config
+/// naming that sink gets a clear error.
+#[cfg(not(feature = "nats"))]
+pub mod nats {
+    pub mod config;
+}
+pub mod tls;
 
-use std::sync::Arc;
+pub use kinds::{
+    build, build_all, BoxError, BuildError, CredentialStamp, Destination, SinkConfig, SinkKind, SinkSettings,
+};
+
 use std::time::Instant;
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
 
-use crate::config::{RawSink, SinkSettings};
 use crate::event::EventMeta;
-
-/// What a sink's credential files held when it was built: a SHA-256 of each file, `None` for one
-/// that could not be read.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CredentialStamp(Vec<(std::path::PathBuf, Option<[u8; 32]>)>);
-
-impl CredentialStamp {
-    /// Reads the credential files of `settings` now.
-    pub fn read(settings: &SinkSettings) -> Self {
-        let files = match &settings.config {
-            RawSink::Kafka(k) => k.credential_files(),
-            RawSink::Rabbitmq(r) => r.credential_files(),
-            RawSink::Nats(n) => n.credential_files(),
-            RawSink::File(_) | RawSink::Discard(_) => Vec::new(),
-        };
-        CredentialStamp(files.into_iter().map(|f| (f.clone(), digest(&f))).collect())
-    }
-
-    /// Whether a file now holds something else. A file that cannot be read now is not a change:
-    /// a file being replaced may be missing for a moment.
-    pub fn changed(&self) -> bool {
-        self.0
-            .iter()
-            .any(|(file, was)| digest(file).is_some_and(|now| Some(now) != *was))
-    }
-}
-
-fn digest(file: &std::path::Path) -> Option<[u8; 32]> {
-    use sha2::Digest;
-    std::fs::read(file).ok().map(|bytes| sha2::Sha256::digest(bytes).into())
-}
 
 /// Whether retrying the same publish later may succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -183,44 +173,4 @@ pub trait Sink: Send + Sync + 'static {
 
     /// Flushes what is pending and releases connections, giving up at `deadline`.
     fn close(&self, deadline: Instant) -> BoxFuture<'_, Result<(), SinkError>>;
-}
-
-/// Why a sink could not be built at start-up (a broker being down is not one of them).
-#[derive(Debug, thiserror::Error)]
-#[error("sink {name}: {message}")]
-pub struct BuildError {
-    pub name: String,
-    pub message: String,
-}
-
-/// Builds every sink of the config, in the order of `Settings::sinks`.
-pub async fn build_all(
-    sinks: &[SinkSettings],
-    ack_timeout: std::time::Duration,
-) -> Result<Vec<Arc<dyn Sink>>, BuildError> {
-    let mut out: Vec<Arc<dyn Sink>> = Vec::with_capacity(sinks.len());
-    for s in sinks {
-        out.push(build(s, ack_timeout).await?);
-    }
-    Ok(out)
-}
-
-/// Builds one sink. Brokers that are down do not fail this: the sink reconnects by itself.
-pub async fn build(s: &SinkSettings, ack_timeout: std::time::Duration) -> Result<Arc<dyn Sink>, BuildError> {
-    let err = |message: String| BuildError {
-        name: s.name.clone(),
-        message,
-    };
-    Ok(match &s.config {
-        RawSink::File(c) => Arc::new(file::FileSink::open(&s.name, c).map_err(err)?),
-        RawSink::Discard(c) => Arc::new(discard::DiscardSink::new(&s.name, c.delay)),
-        #[cfg(feature = "kafka")]
-        RawSink::Kafka(c) => Arc::new(kafka::KafkaSink::new(&s.name, c, ack_timeout).map_err(err)?),
-        #[cfg(feature = "amqp")]
-        RawSink::Rabbitmq(c) => Arc::new(amqp::AmqpSink::new(&s.name, c, ack_timeout).await.map_err(err)?),
-        #[cfg(feature = "nats")]
-        RawSink::Nats(c) => Arc::new(nats::NatsSink::new(&s.name, c, ack_timeout).await.map_err(err)?),
-        #[allow(unreachable_patterns)]
-        other => return Err(err(format!("this build has no {} support", other.kind()))),
-    })
 }

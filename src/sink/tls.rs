@@ -73,11 +73,7 @@ fn read(key: &'static str, path: &Path) -> Result<Vec<u8>, (&'static str, String
     std::fs::read(path).map_err(|e| {
         (
             key,
-            format!(
-                "cannot read {}: {}",
-                path.display(),
-                crate::config::secret::io_reason(&e)
-            ),
+            format!("cannot read {}: {}", path.display(), crate::fields::io_reason(&e)),
         )
     })
 }

@@ -12,9 +12,9 @@ use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
 
+use super::config::{AmqpTlsConfig, RabbitMqSinkConfig};
 use super::message::{describe, is_not_found};
 use super::Shared;
-use crate::config::rabbitmq::{AmqpTlsConfig, RabbitMqSinkConfig};
 use crate::sink::SinkError;
 
 /// Heartbeat proposed when the URL sets none, so a silently dead peer is noticed within ~20 s.

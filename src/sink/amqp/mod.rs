@@ -17,6 +17,7 @@
 //! - Each publish runs in its own task, so a request that gives up at `ack_timeout` never leaves a
 //!   confirm half-awaited on a channel that is then reused; `close()` waits for those tasks.
 
+pub mod config;
 mod connection;
 mod message;
 
@@ -30,10 +31,10 @@ use futures::FutureExt;
 use lapin::options::BasicPublishOptions;
 use tokio::sync::{watch, Notify, Semaphore};
 
+use self::config::{redact_url, RabbitMqSinkConfig};
 pub use self::connection::tls_connector;
 use self::connection::Conn;
 use super::{Envelope, Sink, SinkError};
-use crate::config::rabbitmq::{redact_url, RabbitMqSinkConfig};
 
 /// A confirm still missing this long after its publish is given up on and its channel dropped,
 /// even though the request stopped waiting at `ack_timeout` long before.

@@ -18,6 +18,7 @@
 //! - a topic librdkafka calls unknown is a permanent failure when nothing will create it, and
 //!   retryable while the cluster is creating it (see [`KafkaSink::unknown_topic`]).
 
+pub mod config;
 pub mod errors;
 
 use std::sync::{Arc, RwLock};
@@ -33,9 +34,9 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
+use self::config::{is_sensitive, KafkaSinkConfig};
 use super::cloudevents::{self, HeaderMode};
 use super::{Envelope, ErrorClass, Sink, SinkError};
-use crate::config::kafka::{is_sensitive, KafkaSinkConfig};
 
 /// The longest a health check waits for a broker to answer a metadata request.
 pub const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_millis(1500);

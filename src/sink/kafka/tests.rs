@@ -9,8 +9,8 @@ use bytes::Bytes;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
+use super::config::KafkaSinkConfig;
 use super::KafkaSink;
-use crate::config::kafka::KafkaSinkConfig;
 use crate::event::EventMeta;
 use crate::sink::{Envelope, ErrorClass, Sink};
 

@@ -3,13 +3,15 @@
 //! is always understood (and refused by a build without NATS support).
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use serde::{Deserialize, Deserializer};
 
-use crate::config::raw::duration;
-use crate::config::secret::SecretSource;
-use crate::config::Problems;
+use crate::fields::{duration, Problems, SecretSource};
+use crate::sink::{BoxError, Destination, Sink, SinkConfig};
 
 /// A NATS connection publishing to JetStream, every message acknowledged by its stream.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -200,6 +202,9 @@ impl NatsSinkConfig {
     /// Checks; `path` is the key path of this sink, e.g. `sinks.nats`. Reads the secrets and the
     /// credentials file, as the other sinks' validation does, so a bad one is a config error.
     pub fn validate(&self, path: &str, _ack_timeout: Duration, problems: &mut Problems) {
+        if !cfg!(feature = "nats") {
+            problems.push(format!("{path}.kind"), "this build of hookbridge has no nats support");
+        }
         if self.servers.is_empty() {
             problems.push(format!("{path}.servers"), "list at least one server URL");
         }
@@ -377,6 +382,46 @@ impl StreamConfig {
     }
 }
 
+impl SinkConfig for NatsSinkConfig {
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+
+    fn destination(&self) -> Destination {
+        Destination::Subject
+    }
+
+    fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
+        NatsSinkConfig::validate(self, path, ack_timeout, problems);
+    }
+
+    fn credential_files(&self) -> Vec<PathBuf> {
+        NatsSinkConfig::credential_files(self)
+    }
+
+    fn describe(&self, _ack_timeout: Duration) -> String {
+        self.summary()
+    }
+
+    fn build<'a>(&'a self, name: &'a str, ack_timeout: Duration) -> BoxFuture<'a, Result<Arc<dyn Sink>, BoxError>> {
+        #[cfg(feature = "nats")]
+        {
+            async move {
+                super::NatsSink::new(name, self, ack_timeout)
+                    .await
+                    .map(|sink| Arc::new(sink) as Arc<dyn Sink>)
+                    .map_err(BoxError::from)
+            }
+            .boxed()
+        }
+        #[cfg(not(feature = "nats"))]
+        {
+            let _ = (name, ack_timeout);
+            futures::future::ready(Err(BoxError::from("this build has no nats support"))).boxed()
+        }
+    }
+}
+
 /// A server URL as the client reads it: `nats://`, `tls://` or no scheme, then `host:port`
 /// without credentials.
 fn check_server(url: &str) -> Result<(), String> {
@@ -419,13 +464,8 @@ fn check_nkey_seed(seed: &[u8]) -> Result<(), String> {
 /// Reads and parses a `.creds` file (its JWT and seed); the error names the file, never its
 /// content.
 pub fn read_credentials(file: &std::path::Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(file).map_err(|e| {
-        format!(
-            "cannot read {}: {}",
-            file.display(),
-            crate::config::secret::io_reason(&e)
-        )
-    })?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {}", file.display(), crate::fields::io_reason(&e)))?;
     #[cfg(feature = "nats")]
     async_nats::ConnectOptions::with_credentials(&text).map_err(|_| {
         format!(

@@ -120,7 +120,7 @@ fn connect_options(config: &NatsSinkConfig, shared: Arc<Shared>) -> Result<Conne
             let shared = shared.clone();
             async move { shared.on_event(event) }
         });
-    let text = |key: &str, source: &crate::config::SecretSource| -> Result<String, String> {
+    let text = |key: &str, source: &crate::fields::SecretSource| -> Result<String, String> {
         let secret = source.load().map_err(|e| format!("{key}: {e}"))?;
         String::from_utf8(secret.expose().to_vec()).map_err(|_| format!("{key}: not valid UTF-8"))
     };

@@ -1,5 +1,6 @@
 use super::{check_subject, subject_matches, StreamMode};
-use crate::config::{parse_str, validate, RawSink};
+use crate::config::{parse_str, validate};
+use crate::sink::SinkKind;
 
 fn config(sink: &str, target: &str) -> String {
     format!(
@@ -36,7 +37,7 @@ fn defaults_and_subject_target() {
         r#"subject: "stripe.{type}""#,
     ))
     .unwrap_or_else(|e| panic!("parses: {e}"));
-    let Some(RawSink::Nats(c)) = raw.sinks.get("js") else {
+    let Some(SinkKind::Nats(c)) = raw.sinks.get("js") else {
         panic!("a nats sink")
     };
     assert_eq!(c.servers, ["nats://127.0.0.1:4222"]);
@@ -144,7 +145,7 @@ fn stream_mode_and_credential_files() {
         r#"subject: "stripe.{type}""#,
     ))
     .unwrap_or_else(|e| panic!("parses: {e}"));
-    let Some(RawSink::Nats(c)) = raw.sinks.get("js") else {
+    let Some(SinkKind::Nats(c)) = raw.sinks.get("js") else {
         panic!("a nats sink")
     };
     let stream = c.stream.as_ref().unwrap_or_else(|| panic!("a stream"));
@@ -177,7 +178,7 @@ fn example_config_is_valid() {
         .sinks
         .iter()
         .filter_map(|s| match &s.config {
-            RawSink::Nats(c) => Some(c),
+            SinkKind::Nats(c) => Some(c),
             _ => None,
         })
         .collect();

@@ -7,13 +7,15 @@
 //! config error, and so is any option that would weaken durability.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use serde::Deserialize;
 
-use super::raw::{opt_duration, Scalar};
-use super::secret::SecretSource;
-use super::Problems;
+use crate::fields::{opt_duration, Problems, Scalar, SecretSource};
+use crate::sink::{BoxError, Destination, Sink, SinkConfig};
 
 /// `linger.ms` when the config sets none: every publish waits for its delivery report, so the
 /// batching delay is added to each answer.
@@ -264,6 +266,9 @@ impl KafkaSinkConfig {
 
     /// Checks; `path` is the key path of this sink, e.g. `sinks.events`. Reads `secret_options`.
     pub fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
+        if !cfg!(feature = "kafka") {
+            problems.push(format!("{path}.kind"), "this build of hookbridge has no kafka support");
+        }
         if self.brokers.trim().is_empty() {
             problems.push(format!("{path}.brokers"), "must list at least one broker (host:port)");
         }
@@ -416,10 +421,45 @@ impl KafkaSinkConfig {
             }
             if let Err(e) = cc.create_native_config() {
                 // Never rdkafka's own message: it quotes the refused value, which may be a password.
-                let reason = crate::sink::kafka::config_error(&e);
+                let reason = super::config_error(&e);
                 problems.push(format!("{path}.options"), format!("librdkafka refuses them: {reason}"));
             }
         }
+    }
+}
+
+impl SinkConfig for KafkaSinkConfig {
+    fn kind(&self) -> &'static str {
+        "kafka"
+    }
+
+    fn destination(&self) -> Destination {
+        Destination::Topic
+    }
+
+    fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
+        KafkaSinkConfig::validate(self, path, ack_timeout, problems);
+    }
+
+    fn credential_files(&self) -> Vec<std::path::PathBuf> {
+        KafkaSinkConfig::credential_files(self)
+    }
+
+    fn describe(&self, ack_timeout: Duration) -> String {
+        KafkaSinkConfig::describe(self, ack_timeout)
+    }
+
+    fn build<'a>(&'a self, name: &'a str, ack_timeout: Duration) -> BoxFuture<'a, Result<Arc<dyn Sink>, BoxError>> {
+        #[cfg(feature = "kafka")]
+        let built = super::KafkaSink::new(name, self, ack_timeout)
+            .map(|sink| Arc::new(sink) as Arc<dyn Sink>)
+            .map_err(BoxError::from);
+        #[cfg(not(feature = "kafka"))]
+        let built = {
+            let _ = (name, ack_timeout);
+            Err(BoxError::from("this build has no kafka support"))
+        };
+        futures::future::ready(built).boxed()
     }
 }
 
@@ -566,7 +606,7 @@ mod tests {
                 .sinks
                 .iter()
                 .filter_map(|sink| match &sink.config {
-                    super::super::RawSink::Kafka(k) => Some(k),
+                    crate::sink::SinkKind::Kafka(k) => Some(k),
                     _ => None,
                 })
                 .collect();

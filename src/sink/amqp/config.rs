@@ -1,13 +1,15 @@
 //! Config of the `rabbitmq` sink.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use serde::Deserialize;
 
-use super::raw::duration;
-use super::secret::SecretSource;
-use super::Problems;
+use crate::fields::{duration, Problems, SecretSource};
+use crate::sink::{BoxError, Destination, Sink, SinkConfig};
 
 /// An AMQP 0-9-1 connection with publisher confirms.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -126,6 +128,12 @@ impl std::fmt::Debug for RabbitMqSinkConfig {
 impl RabbitMqSinkConfig {
     /// Pure checks; `path` is the key path of this sink, e.g. `sinks.amqp`.
     pub fn validate(&self, path: &str, _ack_timeout: std::time::Duration, problems: &mut Problems) {
+        if !cfg!(feature = "amqp") {
+            problems.push(
+                format!("{path}.kind"),
+                "this build of hookbridge has no rabbitmq support",
+            );
+        }
         if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
             problems.push(format!("{path}.url"), "must start with amqp:// or amqps://");
         } else if let Err(e) = parse_url(&self.url) {
@@ -155,7 +163,7 @@ impl RabbitMqSinkConfig {
                 _ => {}
             }
             #[cfg(feature = "amqp")]
-            if let Err((key, e)) = crate::sink::amqp::tls_connector(tls) {
+            if let Err((key, e)) = super::tls_connector(tls) {
                 problems.push(format!("{path}.tls.{key}"), e);
             }
         }
@@ -265,6 +273,46 @@ impl RabbitMqSinkConfig {
     }
 }
 
+impl SinkConfig for RabbitMqSinkConfig {
+    fn kind(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn destination(&self) -> Destination {
+        Destination::RoutingKey
+    }
+
+    fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
+        RabbitMqSinkConfig::validate(self, path, ack_timeout, problems);
+    }
+
+    fn credential_files(&self) -> Vec<PathBuf> {
+        RabbitMqSinkConfig::credential_files(self)
+    }
+
+    fn describe(&self, _ack_timeout: Duration) -> String {
+        self.summary()
+    }
+
+    fn build<'a>(&'a self, name: &'a str, ack_timeout: Duration) -> BoxFuture<'a, Result<Arc<dyn Sink>, BoxError>> {
+        #[cfg(feature = "amqp")]
+        {
+            async move {
+                super::AmqpSink::new(name, self, ack_timeout)
+                    .await
+                    .map(|sink| Arc::new(sink) as Arc<dyn Sink>)
+                    .map_err(BoxError::from)
+            }
+            .boxed()
+        }
+        #[cfg(not(feature = "amqp"))]
+        {
+            let _ = (name, ack_timeout);
+            futures::future::ready(Err(BoxError::from("this build has no rabbitmq support"))).boxed()
+        }
+    }
+}
+
 /// Checks the URL the way the client will read it, without echoing it (it may hold a password).
 #[cfg(feature = "amqp")]
 fn parse_url(url: &str) -> Result<(), String> {
@@ -317,7 +365,8 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
-    use crate::config::{parse_str, validate, RawSink};
+    use crate::config::{parse_str, validate};
+    use crate::sink::SinkKind;
 
     #[test]
     fn redacts_password_only() {
@@ -360,7 +409,7 @@ routes:
             "    kind: rabbitmq\n    url: amqp://guest:guest@127.0.0.1:5672/%2f\n    exchange: stripe",
         ))
         .unwrap_or_else(|e| panic!("parses: {e}"));
-        let Some(RawSink::Rabbitmq(c)) = raw.sinks.get("amqp") else {
+        let Some(SinkKind::Rabbitmq(c)) = raw.sinks.get("amqp") else {
             panic!("a rabbitmq sink")
         };
         assert_eq!(c.exchange_type, "topic");
@@ -435,7 +484,7 @@ routes:
             .sinks
             .iter()
             .filter_map(|s| match &s.config {
-                RawSink::Rabbitmq(c) => Some(c),
+                SinkKind::Rabbitmq(c) => Some(c),
                 _ => None,
             })
             .collect();
