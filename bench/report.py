@@ -19,6 +19,7 @@ SCENARIOS = [
     ("rabbitmq", "3. RabbitMQ sink"),
     ("fanout", "4. fan-out to Kafka and RabbitMQ"),
     ("stalled", "5. discard sink while 300 uploads stall (the body memory budget)"),
+    ("nats", "6. NATS JetStream sink"),
 ]
 MIB = 1024.0
 
@@ -130,14 +131,14 @@ def write_markdown(r, out_md, svg_name):
     def target(text, figure, ok):
         targets.append((text, figure, ok))
 
-    for sink, label in (("kafka", "Kafka"), ("rabbitmq", "RabbitMQ")):
+    for sink, label in (("kafka", "Kafka"), ("rabbitmq", "RabbitMQ"), ("nats", "NATS")):
         for c in r.conc:
             b, ceil = r.bench(f"{sink}-c{c}"), r.bench(f"{sink}-ceiling-c{c}")
             if b and ceil and ceil["messages_per_sec"] > 0:
                 ratio = b["requests_per_sec"] / ceil["messages_per_sec"]
                 target(f"{label} ≥ 60% of its ceiling at concurrency {c}",
                        f"{ratio:.0%} ({b['requests_per_sec']:,.0f} vs {ceil['messages_per_sec']:,.0f}/s)", ratio >= 0.6)
-    for sink, label, limit in (("kafka", "Kafka", 10), ("rabbitmq", "RabbitMQ", 15)):
+    for sink, label, limit in (("kafka", "Kafka", 10), ("rabbitmq", "RabbitMQ", 15), ("nats", "NATS", 10)):
         b = r.bench(f"{sink}-r{r.rate}")
         if b:
             p99 = b["latency_ms"]["p99"]
@@ -223,11 +224,12 @@ def write_markdown(r, out_md, svg_name):
              "from the sink's librdkafka properties (idempotent, `acks=all`, same linger and timeouts) and keeps N "
              "records in flight, each awaiting its own delivery report; `examples/amqp_ceiling` declares the same "
              "topology and keeps N persistent, mandatory publishes in flight, one per channel as the sink does, each "
-             "awaiting its own confirm. Same bodies, keys and headers as the bridge sends.")
+             "awaiting its own confirm; `examples/nats_ceiling` creates the same stream and keeps N JetStream "
+             "publishes in flight, each awaiting its own ack. Same bodies, keys and headers as the bridge sends.")
     L.append("")
     L.append("| sink | in flight | ceiling msg/s | ceiling p50 / p99 ms | bridge req/s | bridge p50 / p99 ms | bridge / ceiling |")
     L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for sink in ("kafka", "rabbitmq"):
+    for sink in ("kafka", "rabbitmq", "nats"):
         for c in r.conc:
             b, ceil = r.bench(f"{sink}-c{c}"), r.bench(f"{sink}-ceiling-c{c}")
             if not ceil:
@@ -238,7 +240,7 @@ def write_markdown(r, out_md, svg_name):
                 ratio = b["requests_per_sec"] / ceil["messages_per_sec"] if ceil["messages_per_sec"] else 0
                 L.append(f"| {sink} | {c} | {ceil['messages_per_sec']:,.0f} | {cl['p50']:.2f} / {cl['p99']:.2f} | "
                          f"{b['requests_per_sec']:,.0f} | {bl['p50']:.2f} / {bl['p99']:.2f} | {ratio:.0%} |")
-    for sink in ("kafka", "rabbitmq"):
+    for sink in ("kafka", "rabbitmq", "nats"):
         b, ceil = r.bench(f"{sink}-r{r.rate}"), r.bench(f"{sink}-ceiling-r{r.rate}")
         if b and ceil:
             cl, bl = ceil["latency_ms"], b["latency_ms"]
@@ -262,8 +264,9 @@ def write_markdown(r, out_md, svg_name):
              "tests on this machine). On 2 cores, 2,000,000 µs/s divided by the total bounds the rate the machine "
              "can reach in that setup, whatever the code does.")
     L.append("")
-    L.append("| run | load generator | bridge / ceiling program | Kafka broker | RabbitMQ broker | total | 2-core bound/s |")
-    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    L.append("| run | load generator | bridge / ceiling program | Kafka broker | RabbitMQ broker | NATS server | total "
+             "| 2-core bound/s |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
     def per(x, n):
         return x / n * 1e6 if x is not None and n else None
@@ -274,19 +277,22 @@ def write_markdown(r, out_md, svg_name):
             if b and p and p.get("events"):
                 ev = p["events"]
                 rows.append((n, per(b.get("generator_cpu_s"), ev), per(p.get("cpu_s"), ev),
-                             per(p.get("kafka_cpu_s"), ev), per(p.get("rabbitmq_cpu_s"), ev)))
+                             per(p.get("kafka_cpu_s"), ev), per(p.get("rabbitmq_cpu_s"), ev),
+                             per(p.get("nats_cpu_s"), ev)))
         for tag in [f"c{c}" for c in r.conc] + [f"r{r.rate}"]:
             ceil, p = r.bench(f"{s_}-ceiling-{tag}"), r.proc(f"{s_}-ceiling-{tag}")
             if ceil and ceil.get("total_messages"):
                 ev = ceil["total_messages"]
                 rows.append((f"{s_}-ceiling-{tag}", None, per(ceil.get("cpu_s"), ev),
-                             per((p or {}).get("kafka_cpu_s"), ev), per((p or {}).get("rabbitmq_cpu_s"), ev)))
-    for n, g, br, k, rb in rows:
-        relevant = [g, br] + ([k] if not n.startswith("rabbitmq") and not n.startswith("discard") else []) \
-            + ([rb] if n.startswith("rabbitmq") or n.startswith("fanout") else [])
+                             per((p or {}).get("kafka_cpu_s"), ev), per((p or {}).get("rabbitmq_cpu_s"), ev),
+                             per((p or {}).get("nats_cpu_s"), ev)))
+    for n, g, br, k, rb, ns in rows:
+        relevant = [g, br] + ([k] if not n.startswith(("rabbitmq", "discard", "nats")) else []) \
+            + ([rb] if n.startswith("rabbitmq") or n.startswith("fanout") else []) \
+            + ([ns] if n.startswith("nats") else [])
         total = sum(x for x in relevant if x is not None)
         bound = f"{2e6 / total:,.0f}" if total and "-r" not in n else "–"  # open loop: mostly idle
-        L.append(f"| {n} | {fmt(g, 1)} | {fmt(br, 1)} | {fmt(k, 1)} | {fmt(rb, 1)} | {total:,.1f} | "
+        L.append(f"| {n} | {fmt(g, 1)} | {fmt(br, 1)} | {fmt(k, 1)} | {fmt(rb, 1)} | {fmt(ns, 1)} | {total:,.1f} | "
                  f"{bound} |")
     L.append("")
     L.append("The total counts only the processes on the path of that run (no broker for the discard sink).")
@@ -339,8 +345,8 @@ def write_markdown(r, out_md, svg_name):
 
     L.append("## Rerun")
     L.append("")
-    L.append("`bench/run.sh` (about 10 minutes; needs Java 17+ and Maven for Kafka, Debian's rabbitmq-server, "
-             "Python 3). Results land in `bench/results/*.json`; `bench/report.py bench/results BENCHMARKS.md "
+    L.append("`bench/run.sh` (about 12 minutes; needs Java 17+ and Maven for Kafka, Debian's rabbitmq-server, "
+             "Go for nats-server, Python 3; `BENCH_SCENARIOS=nats` runs one scenario without touching this file). Results land in `bench/results/*.json`; `bench/report.py bench/results BENCHMARKS.md "
              "bench/latency.svg` rewrites this file from them. `bench/configs/` holds the bridge configs. "
              "`hookbridge bench --help` runs the load generator against any deployment.")
     L.append("")

@@ -493,3 +493,20 @@ fn bad_route_filters_and_dead_letters_name_their_key() {
     let p = problems(&FILTERED.replace("dead_letter: { sink: amqp", "dead_letters: { sink: amqp"));
     assert!(has(&p, "dead_letters"), "{p:?}");
 }
+
+/// The benchmark's configs (`bench/configs/`, one per scenario) are real configs too.
+#[test]
+fn every_bench_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/configs");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    seen.sort();
+    assert!(seen.iter().any(|f| f == "nats.yaml"), "{seen:?}");
+    assert!(seen.len() >= 6, "{seen:?}");
+}
