@@ -473,3 +473,186 @@ async fn a_server_killed_under_load_and_restarted_loses_no_answered_event() {
         answered.len()
     );
 }
+
+/// base64url without padding, as JWTs use.
+fn b64url(bytes: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+/// A NATS JWT (v2) for `claims`, issued and signed by `issuer`.
+fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    let header = b64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let iat = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("a clock after 1970")
+        .as_secs();
+    let claims = serde_json::json!({
+        "jti": common::unique("jti").replace(['.', '-'], ""),
+        "iat": iat,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let body = format!("{header}.{}", b64url(claims.to_string().as_bytes()));
+    let sig = issuer.sign(body.as_bytes()).expect("an NKey signs");
+    format!("{body}.{}", b64url(&sig))
+}
+
+/// A private nats-server in operator mode (decentralised JWT auth): an operator, an account with
+/// JetStream, and a user of that account whose `.creds` file (JWT + seed) the sink logs in with.
+#[tokio::test]
+async fn a_credentials_file_logs_in_to_a_server_in_operator_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, account, user) = (
+        nkeys::KeyPair::new_operator(),
+        nkeys::KeyPair::new_account(),
+        nkeys::KeyPair::new_user(),
+    );
+    let operator_jwt = jwt(
+        &operator,
+        &operator.public_key(),
+        "hookbridge-test-operator",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let account_jwt = jwt(
+        &operator,
+        &account.public_key(),
+        "HB",
+        serde_json::json!({
+            "limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                       "wildcards": true, "conn": -1, "leaf": -1,
+                       "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1},
+            "type": "account", "version": 2
+        }),
+    );
+    // JetStream needs a system account in operator mode.
+    let system = nkeys::KeyPair::new_account();
+    let system_jwt = jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"limits": {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1,
+                                      "wildcards": true, "conn": -1, "leaf": -1},
+                           "type": "account", "version": 2}),
+    );
+    let user_jwt = jwt(
+        &account,
+        &user.public_key(),
+        "hookbridge",
+        serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1,
+                           "type": "user", "version": 2}),
+    );
+    let creds = dir.path().join("hookbridge.creds");
+    std::fs::write(
+        &creds,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let conf = dir.path().join("operator.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: 127.0.0.1:{port}\noperator: {operator_jwt}\nsystem_account: {sys}\nresolver: MEMORY\n\
+             resolver_preload: {{ {acc}: {account_jwt}, {sys}: {system_jwt} }}\n\
+             jetstream {{ store_dir: \"{store}\", max_file_store: 64MB, max_memory_store: 16MB }}\n",
+            sys = system.public_key(),
+            acc = account.public_key(),
+            store = dir.path().join("js").display()
+        ),
+    )
+    .unwrap();
+    let install = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/tools/install.sh");
+    let out = std::process::Command::new("bash")
+        .arg(&install)
+        .arg("nats-server")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bin = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let log = dir.path().join("server.log");
+    let _server = Kill(
+        std::process::Command::new(&bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let (name, prefix) = names("creds");
+    let extra = format!(
+        "    credentials_file: {}\n{}",
+        creds.display(),
+        stream_block(&name, &prefix, "")
+    );
+    let config = yaml(&sink_yaml(&format!("nats://127.0.0.1:{port}"), &extra, &prefix));
+    check_config_shows_no_secret(dir.path(), &config, &[&user.seed().unwrap()]);
+    let bridge = spawn(&config).await;
+    let ready = Instant::now();
+    loop {
+        let r = get(bridge.admin_addr, "/readyz").await;
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            ready.elapsed() < Duration::from_secs(15),
+            "not ready: {}\nserver log:\n{}",
+            text(&r),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let body = event(&common::unique("evt"), "invoice.paid");
+    let a = post_signed(bridge.webhook_addr, body.clone()).await;
+    assert_eq!(a.status, 200, "{}", text(&a));
+    bridge.shutdown().await;
+
+    // An unsigned look at the stream needs the same login.
+    let client = async_nats::ConnectOptions::with_credentials_file(&creds)
+        .await
+        .unwrap()
+        .connect(format!("nats://127.0.0.1:{port}"))
+        .await
+        .unwrap();
+    let m = stream(&jetstream::new(client), &name)
+        .await
+        .get_last_raw_message_by_subject(&format!("{prefix}.invoice.paid"))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.payload, body);
+
+    // Without the creds file the server refuses the login: 503 and the reason.
+    let anonymous = spawn(&yaml(&sink_yaml(&format!("nats://127.0.0.1:{port}"), "", &prefix))).await;
+    assert_unavailable(
+        &anonymous,
+        "js",
+        event(&common::unique("evt"), "invoice.paid"),
+        "authorization violation",
+    )
+    .await;
+    anonymous.shutdown().await;
+}
