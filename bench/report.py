@@ -19,6 +19,7 @@ SCENARIOS = [
     ("rabbitmq", "3. RabbitMQ sink"),
     ("fanout", "4. fan-out to Kafka and RabbitMQ"),
     ("stalled", "5. discard sink while 300 uploads stall (the body memory budget)"),
+    ("nats", "6. NATS JetStream sink"),
 ]
 MIB = 1024.0
 
@@ -140,7 +141,7 @@ def write_markdown(r, out_md, svg_name):
     def target(text, figure, ok):
         targets.append((text, figure, ok))
 
-    for sink, label, want in (("kafka", "Kafka", 0.7), ("rabbitmq", "RabbitMQ", 0.8)):
+    for sink, label, want in (("kafka", "Kafka", 0.7), ("rabbitmq", "RabbitMQ", 0.8), ("nats", "NATS", 0.6)):
         for c in r.conc:
             b, ceil = r.bench(f"{sink}-c{c}"), r.bench(f"{sink}-ceiling-c{c}")
             if b and ceil and ceil["messages_per_sec"] > 0:
@@ -168,7 +169,7 @@ def write_markdown(r, out_md, svg_name):
         us = cpu_per_1000(r.proc(run))
         if us is not None:
             target(f"bridge CPU per event ≤ {limit} µs ({run})", f"{us:.1f} µs", us <= limit)
-    for sink, label, limit in (("kafka", "Kafka", 10), ("rabbitmq", "RabbitMQ", 15)):
+    for sink, label, limit in (("kafka", "Kafka", 10), ("rabbitmq", "RabbitMQ", 15), ("nats", "NATS", 10)):
         b = r.bench(f"{sink}-r{r.rate}")
         if b:
             p99 = b["latency_ms"]["p99"]
@@ -254,11 +255,12 @@ def write_markdown(r, out_md, svg_name):
              "from the sink's librdkafka properties (idempotent, `acks=all`, same linger and timeouts) and keeps N "
              "records in flight, each awaiting its own delivery report; `examples/amqp_ceiling` declares the same "
              "topology and keeps N persistent, mandatory publishes in flight, one per channel as the sink does, each "
-             "awaiting its own confirm. Same bodies, keys and headers as the bridge sends.")
+             "awaiting its own confirm; `examples/nats_ceiling` creates the same stream and keeps N JetStream "
+             "publishes in flight, each awaiting its own ack. Same bodies, keys and headers as the bridge sends.")
     L.append("")
     L.append("| sink | in flight | ceiling msg/s | ceiling p50 / p99 ms | bridge req/s | bridge p50 / p99 ms | bridge / ceiling |")
     L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for sink in ("kafka", "rabbitmq"):
+    for sink in ("kafka", "rabbitmq", "nats"):
         for c in r.conc:
             b, ceil = r.bench(f"{sink}-c{c}"), r.bench(f"{sink}-ceiling-c{c}")
             if not ceil:
@@ -269,7 +271,7 @@ def write_markdown(r, out_md, svg_name):
                 ratio = b["requests_per_sec"] / ceil["messages_per_sec"] if ceil["messages_per_sec"] else 0
                 L.append(f"| {sink} | {c} | {ceil['messages_per_sec']:,.0f} | {cl['p50']:.2f} / {cl['p99']:.2f} | "
                          f"{b['requests_per_sec']:,.0f} | {bl['p50']:.2f} / {bl['p99']:.2f} | {ratio:.0%} |")
-    for sink, rate in [(k, x) for k in ("kafka", "rabbitmq") for x in r.rates()]:
+    for sink, rate in [(k, x) for k in ("kafka", "rabbitmq", "nats") for x in r.rates()]:
         b, ceil = r.bench(f"{sink}-r{rate}"), r.bench(f"{sink}-ceiling-r{rate}")
         if b and ceil:
             cl, bl = ceil["latency_ms"], b["latency_ms"]
@@ -293,8 +295,9 @@ def write_markdown(r, out_md, svg_name):
              "tests on this machine). On 2 cores, 2,000,000 µs/s divided by the total bounds the rate the machine "
              "can reach in that setup, whatever the code does.")
     L.append("")
-    L.append("| run | load generator | bridge / ceiling program | Kafka broker | RabbitMQ broker | total | 2-core bound/s |")
-    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    L.append("| run | load generator | bridge / ceiling program | Kafka broker | RabbitMQ broker | NATS server | total "
+             "| 2-core bound/s |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
     def per(x, n):
         return x / n * 1e6 if x is not None and n else None
@@ -305,20 +308,23 @@ def write_markdown(r, out_md, svg_name):
             if b and p and p.get("events"):
                 ev = p["events"]
                 rows.append((n, per(b.get("generator_cpu_s"), ev), per(p.get("cpu_s"), ev),
-                             per(p.get("kafka_cpu_s"), ev), per(p.get("rabbitmq_cpu_s"), ev)))
+                             per(p.get("kafka_cpu_s"), ev), per(p.get("rabbitmq_cpu_s"), ev),
+                             per(p.get("nats_cpu_s"), ev)))
         for tag in [f"c{c}" for c in r.conc] + [f"r{x}" for x in r.rates()]:
             ceil, p = r.bench(f"{s_}-ceiling-{tag}"), r.proc(f"{s_}-ceiling-{tag}")
             if ceil and ceil.get("total_messages"):
                 ev = ceil["total_messages"]
                 rows.append((f"{s_}-ceiling-{tag}", None, per(ceil.get("cpu_s"), ev),
-                             per((p or {}).get("kafka_cpu_s"), ev), per((p or {}).get("rabbitmq_cpu_s"), ev)))
-    for n, g, br, k, rb in rows:
+                             per((p or {}).get("kafka_cpu_s"), ev), per((p or {}).get("rabbitmq_cpu_s"), ev),
+                             per((p or {}).get("nats_cpu_s"), ev)))
+    for n, g, br, k, rb, ns in rows:
         base = n.removeprefix("goref-")
-        relevant = [g, br] + ([k] if not base.startswith("rabbitmq") and not base.startswith("discard") else []) \
-            + ([rb] if base.startswith("rabbitmq") or base.startswith("fanout") else [])
+        relevant = [g, br] + ([k] if not base.startswith(("rabbitmq", "discard", "nats")) else []) \
+            + ([rb] if base.startswith("rabbitmq") or base.startswith("fanout") else []) \
+            + ([ns] if base.startswith("nats") else [])
         total = sum(x for x in relevant if x is not None)
         bound = f"{2e6 / total:,.0f}" if total and "-r" not in n else "–"  # open loop: mostly idle
-        L.append(f"| {n} | {fmt(g, 1)} | {fmt(br, 1)} | {fmt(k, 1)} | {fmt(rb, 1)} | {total:,.1f} | "
+        L.append(f"| {n} | {fmt(g, 1)} | {fmt(br, 1)} | {fmt(k, 1)} | {fmt(rb, 1)} | {fmt(ns, 1)} | {total:,.1f} | "
                  f"{bound} |")
     L.append("")
     L.append("The total counts only the processes on the path of that run (no broker for the discard sink).")
@@ -373,8 +379,8 @@ def write_markdown(r, out_md, svg_name):
 
     L.append("## Rerun")
     L.append("")
-    L.append("`bench/run.sh` (about 10 minutes; needs Java 17+ and Maven for Kafka, Debian's rabbitmq-server, "
-             "Python 3). Results land in `bench/results/*.json`; `bench/report.py bench/results BENCHMARKS.md "
+    L.append("`bench/run.sh` (about 12 minutes; needs Java 17+ and Maven for Kafka, Debian's rabbitmq-server, "
+             "Go for nats-server, Python 3; `BENCH_SCENARIOS=nats` runs one scenario without touching this file). Results land in `bench/results/*.json`; `bench/report.py bench/results BENCHMARKS.md "
              "bench/latency.svg` rewrites this file from them. `bench/configs/` holds the bridge configs. "
              "`hookbridge bench --help` runs the load generator against any deployment.")
     L.append("")
