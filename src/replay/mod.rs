@@ -246,7 +246,9 @@ impl Report {
 /// `main` to print as one line.
 pub fn run_cli(args: ReplayArgs) -> Result<(), ReplayError> {
     let plan = Plan::from_args(&args, crate::verify::unix_now())?;
-    let settings = config::load(&config::resolve_path(args.config.clone()))?;
+    // The secrets are read as `serve` would, so a config it would refuse is refused here too;
+    // a replay itself verifies no signature.
+    let (settings, _secrets) = config::load_with_secrets(&config::resolve_path(args.config.clone()))?;
     let progress = !args.quiet && !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -350,7 +352,9 @@ pub async fn run(
     };
 
     // Publish oldest first.
-    let state = sinks.map(|sinks| State::new(settings, sinks, Arc::new(crate::verify::SystemClock)));
+    // Replayed events carry no signature: the endpoints need no secrets.
+    let no_secrets = config::Secrets::default();
+    let state = sinks.map(|sinks| State::new(settings, &no_secrets, sinks, Arc::new(crate::verify::SystemClock)));
     let live = state.as_ref().map(|s| s.live());
     let router = &settings.router;
     let mut cp = plan.resume.clone();
