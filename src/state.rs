@@ -538,9 +538,8 @@ pub async fn dead_letter(
             failed.message, dead_letter.sink
         )));
     };
-    let destination = dead_letter.destination.render(&envelope.meta);
-    let mut letter = envelope.clone();
-    letter.extra_headers.extend([
+    let destination = dead_letter.destination.render(envelope.meta());
+    let letter = envelope.with_headers([
         (FAILED_SINK, failed_sink.to_string()),
         (FAILED_DESTINATION, failed_destination.to_string()),
         (FAILED_REASON, failed.message.clone()),
@@ -564,7 +563,7 @@ pub async fn dead_letter(
                 })
                 .inc();
             tracing::warn!(
-                event_id = %envelope.meta.id,
+                event_id = %envelope.meta().id,
                 sink = failed_sink,
                 destination = failed_destination,
                 dead_letter_sink = sink.name(),

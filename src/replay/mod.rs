@@ -375,10 +375,11 @@ pub async fn run(
                 break;
             }
         };
-        let meta = EventMeta::parse(&body).expect("spooled events were parsed when fetched");
+        let envelope = Envelope::replayed(body).expect("spooled events were parsed when fetched");
+        let meta = envelope.meta();
         let (id, created) = (meta.id.clone(), meta.created.unwrap_or(0));
         // A replayed event arrived on no endpoint: routes with an `endpoint` condition skip it.
-        match router.route(&crate::route::Incoming::new(&meta, None)) {
+        match router.route(&crate::route::Incoming::new(meta, None)) {
             None => {
                 report.unrouted += 1;
                 if ui.list {
@@ -387,18 +388,11 @@ pub async fn run(
             }
             Some((_, route)) => match (&state, &live) {
                 (Some(state), Some(live)) => {
-                    let envelope = Envelope {
-                        payload: body,
-                        meta,
-                        signature: String::new(),
-                        replayed: true,
-                        extra_headers: Vec::new(),
-                    };
                     if let Err(e) = publish(state, live, route, &envelope).await {
                         report.remaining = i as u64 + 1;
                         report.error = Some(format!(
                             "event {id} ({}) was not published: {e}{}",
-                            envelope.meta.event_type,
+                            meta.event_type,
                             stop_note(&report)
                         ));
                         break;
@@ -408,7 +402,7 @@ pub async fn run(
                 _ => {
                     report.published += 1;
                     if ui.list {
-                        let to: Vec<String> = crate::route::destinations(route, &meta)
+                        let to: Vec<String> = crate::route::destinations(route, meta)
                             .iter()
                             .map(|(t, d)| format!("{} {d}", t.sink_name))
                             .collect();

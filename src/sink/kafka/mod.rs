@@ -341,7 +341,7 @@ impl KafkaSink {
             });
         let mut record = FutureRecord::to(topic)
             .key(envelope.key())
-            .payload(&envelope.payload[..])
+            .payload(&envelope.payload()[..])
             .headers(headers);
         let start = Instant::now();
         let queue_deadline = start + self.queue_timeout;
