@@ -45,6 +45,16 @@ fn defaults_and_subject_target() {
     assert_eq!(c.connect_timeout, std::time::Duration::from_secs(5));
     assert!(c.stream.is_none());
     assert!(validate(raw).is_ok());
+    // One string with commas (an environment override) is a list too.
+    let raw = parse_str(&config(
+        "    kind: nats\n    servers: \"nats://a:4222, tls://b:4222\"",
+        r#"subject: "stripe.{type}""#,
+    ))
+    .unwrap_or_else(|e| panic!("parses: {e}"));
+    let Some(SinkKind::Nats(c)) = raw.sinks.get("js") else {
+        panic!("a nats sink")
+    };
+    assert_eq!(c.servers, ["nats://a:4222", "tls://b:4222"]);
 }
 
 #[test]
