@@ -83,8 +83,9 @@ class Results:
             names = [f"stalled-r{self.rate}"]
         if scenario in ("kafka", "rabbitmq") and self.low_rate:
             names.append(f"{scenario}-r{self.low_rate}")
-        if scenario == "kafka" and os.path.exists(os.path.join(self.d, f"kafka-linger1ms-r{self.rate}.json")):
-            names.append(f"kafka-linger1ms-r{self.rate}")
+        if scenario == "kafka":
+            names += [n for n in ("kafka-linger1ms-c64", f"kafka-linger1ms-r{self.rate}")
+                      if os.path.exists(os.path.join(self.d, n + ".json"))]
         if scenario in ("kafka", "rabbitmq"):
             names += [f"goref-{n}" for n in names if "linger" not in n and os.path.exists(
                 os.path.join(self.d, f"goref-{n}.json"))]
