@@ -21,7 +21,8 @@
 #
 # Environment (all optional): BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_SIZE (4096),
 # BENCH_RATE (1000), BENCH_LOW_RATE (300), BENCH_CONCURRENCY ("64 256"), BENCH_OUT (bench/results), BENCH_STALLED (300),
-# BENCH_SKIP_CRITERION=1 to reuse the last criterion results, BENCH_SKIP_GOREF=1 to run without
+# BENCH_SKIP_CRITERION=1 to reuse the last criterion results, BENCH_SKIP_BUILD=1 to use the release
+# build as it is (a commit since it was built would otherwise rebuild it: build.rs records HEAD), BENCH_SKIP_GOREF=1 to run without
 # the Go peer (which needs Go 1.23+ and the Go module proxy, or a warm module cache).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -241,8 +242,11 @@ deploy/local/kafka.sh start
 deploy/local/rabbitmq.sh start
 deploy/local/kafka.sh create-topic "$TOPIC" >/dev/null 2>&1 || true
 
-say "building in release mode"
-cargo build --release --bin hookbridge --example kafka_ceiling --example amqp_ceiling
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  say "building in release mode"
+  cargo build --release --bin hookbridge --example kafka_ceiling --example amqp_ceiling
+fi
+[[ -x "$BIN" && -x "$EXAMPLES/kafka_ceiling" && -x "$EXAMPLES/amqp_ceiling" ]] || die "no release build in $TARGET_DIR"
 if [[ "${BENCH_SKIP_GOREF:-0}" != 1 ]]; then
   say "building the Go peer (bench/goref) into $GOREF"
   command -v go >/dev/null || die "the Go peer needs Go 1.23+ on PATH (or set BENCH_SKIP_GOREF=1)"
@@ -305,7 +309,8 @@ stop_bridge
 cat >"$OUT/run.json" <<JSON
 {"started": "$STARTED", "finished": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "$(git rev-parse HEAD)",
  "dirty": $( [[ -z "$(git status --porcelain -- src Cargo.toml Cargo.lock)" ]] && echo false || echo true ),
- "duration": "$DURATION", "warmup": "$WARMUP", "size": $SIZE, "rate": $RATE, "low_rate": $LOW_RATE, "concurrency": "$CONCURRENCIES",
+ "duration": "$DURATION", "warmup": "$WARMUP", "size": $SIZE, "rate": $RATE, "low_rate": $LOW_RATE,
+ "criterion_rerun": $( [[ "${BENCH_SKIP_CRITERION:-0}" != 1 ]] && echo true || echo false ), "concurrency": "$CONCURRENCIES",
  "rustc": "$(rustc --version)", "kafka_scenario_topic": "$TOPIC", "rabbitmq_queue": "$QUEUE"}
 JSON
 
