@@ -10,7 +10,8 @@
 #   bench/ab.sh bench/configs/kafka.yaml "--rate 300" \
 #     "linger1=target/release/hookbridge" "linger0=env HOOKBRIDGE__SINKS__EVENTS__LINGER=0ms target/release/hookbridge"
 #
-# COMMAND is run as `COMMAND serve --config CONFIG` (an `env VAR=value` prefix sets settings), or,
+# COMMAND is run as `COMMAND serve --config CONFIG` (an `env VAR=value` prefix sets settings;
+# COMMAND@FILE uses the config FILE for that side instead), or,
 # for a NAME starting with goref, as `COMMAND -listen ADDR -secret SECRET` (bench/goref, built by
 # bench/run.sh; give its -mode and broker flags in COMMAND). Needs a release build of hookbridge
 # for the load generator (target/release/hookbridge). One line per run on stdout; nothing saved.
@@ -33,7 +34,8 @@ count() {
 printf '%-10s %5s %9s %8s %8s %10s %s\n' side round req/s p50_ms p99_ms cpu_us/ev status
 for round in $(seq 1 "${AB_ROUNDS:-2}"); do
   for side in "$@"; do
-    name="${side%%=*}"; cmd="${side#*=}"
+    name="${side%%=*}"; cmd="${side#*=}"; config="$CONFIG"
+    if [[ "$cmd" == *@* ]]; then config="${cmd##*@}"; cmd="${cmd%@*}"; fi
     port="$(free_port)"; admin="$(free_port)"
     if [[ "$name" == goref* ]]; then
       # shellcheck disable=SC2086
@@ -42,7 +44,7 @@ for round in $(seq 1 "${AB_ROUNDS:-2}"); do
     else
       # shellcheck disable=SC2086
       HOOKBRIDGE__LISTEN="127.0.0.1:$port" HOOKBRIDGE__ADMIN_LISTEN="127.0.0.1:$admin" \
-        $cmd serve --config "$CONFIG" 2>/dev/null &
+        $cmd serve --config "$config" 2>/dev/null &
       PID=$!; ready="http://127.0.0.1:$admin/readyz"; counter="http://127.0.0.1:$admin/metrics"
     fi
     for _ in $(seq 1 300); do curl -fsS -o /dev/null "$ready" 2>/dev/null && break; sleep 0.1; done

@@ -22,7 +22,8 @@
 #
 # Environment (all optional): BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_SIZE (4096),
 # BENCH_RATE (1000), BENCH_LOW_RATE (300), BENCH_CONCURRENCY ("64 256"), BENCH_OUT (bench/results), BENCH_STALLED (300),
-# BENCH_SKIP_CRITERION=1 to reuse the last criterion results, BENCH_SKIP_GOREF=1 to run without
+# BENCH_SKIP_CRITERION=1 to reuse the last criterion results, BENCH_SKIP_BUILD=1 to use the release
+# build as it is (a commit since it was built would otherwise rebuild it: build.rs records HEAD), BENCH_SKIP_GOREF=1 to run without
 # the Go peer (which needs Go 1.23+ and the Go module proxy, or a warm module cache).
 # BENCH_SCENARIOS (default "discard kafka rabbitmq fanout stalled nats") runs only those scenarios:
 # such a partial run skips criterion and start-up, writes to bench/results/partial (or BENCH_OUT)
@@ -260,8 +261,12 @@ fi
 if want rabbitmq || want fanout; then deploy/local/rabbitmq.sh start; fi
 if want nats; then deploy/local/nats.sh start; fi
 
-say "building in release mode"
-cargo build --release --bin hookbridge --example kafka_ceiling --example amqp_ceiling --example nats_ceiling
+if [[ "${BENCH_SKIP_BUILD:-0}" != 1 ]]; then
+  say "building in release mode"
+  cargo build --release --bin hookbridge --example kafka_ceiling --example amqp_ceiling --example nats_ceiling
+fi
+[[ -x "$BIN" && -x "$EXAMPLES/kafka_ceiling" && -x "$EXAMPLES/amqp_ceiling" && -x "$EXAMPLES/nats_ceiling" ]] ||
+  die "no release build in $TARGET_DIR"
 if [[ "${BENCH_SKIP_GOREF:-0}" != 1 ]] && { want kafka || want rabbitmq; }; then
   say "building the Go peer (bench/goref) into $GOREF"
   command -v go >/dev/null || die "the Go peer needs Go 1.23+ on PATH (or set BENCH_SKIP_GOREF=1)"
@@ -299,8 +304,10 @@ if want kafka; then
     ceiling kafka "kafka-ceiling-r$r" --config "$CFG/kafka.yaml" --topic "$TOPIC" --in-flight 64 --rate "$r"
   done
   with_goref kafka "$CFG/kafka.yaml" kafka -brokers 127.0.0.1:9092 -topic "$TOPIC"
-  # The sink's default linger (librdkafka's 5 ms) against 1 ms, at the fixed rate: latency's share.
+  # The batching producer's default linger (3 ms) against the former default, 1 ms: under load
+  # (concurrency 64) and at the fixed rate, where records mostly take the immediate lane.
   HOOKBRIDGE__SINKS__EVENTS__LINGER=1ms start_bridge kafka-linger1ms "$CFG/kafka.yaml"
+  load "kafka-linger1ms-c64" --concurrency 64
   load "kafka-linger1ms-r$RATE" --rate "$RATE" --concurrency 64
   stop_bridge
 fi
@@ -341,7 +348,8 @@ fi
 cat >"$OUT/run.json" <<JSON
 {"started": "$STARTED", "finished": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "$(git rev-parse HEAD)",
  "dirty": $( [[ -z "$(git status --porcelain -- src Cargo.toml Cargo.lock)" ]] && echo false || echo true ),
- "duration": "$DURATION", "warmup": "$WARMUP", "size": $SIZE, "rate": $RATE, "low_rate": $LOW_RATE, "concurrency": "$CONCURRENCIES",
+ "duration": "$DURATION", "warmup": "$WARMUP", "size": $SIZE, "rate": $RATE, "low_rate": $LOW_RATE,
+ "criterion_rerun": $( [[ "${BENCH_SKIP_CRITERION:-0}" != 1 ]] && echo true || echo false ), "concurrency": "$CONCURRENCIES",
  "rustc": "$(rustc --version)", "kafka_scenario_topic": "$TOPIC", "rabbitmq_queue": "$QUEUE",
  "scenarios": "$SCENARIOS"}
 JSON

@@ -4,8 +4,9 @@
 //!
 //! The producer properties come from the same config file the bridge is run with
 //! (`KafkaSinkConfig::properties`: idempotent, `acks=all`, the same linger, timeouts and
-//! options), and each record carries the same key, headers and bodies (the fixtures, padded like
-//! `hookbridge bench --size`).
+//! options), with the sink's two lanes (a record goes to a second producer with `linger.ms=0`
+//! while fewer than `IMMEDIATE_BELOW` are in flight), and each record carries the same key,
+//! headers and bodies (the fixtures, padded like `hookbridge bench --size`).
 //!
 //! ```text
 //! cargo run --release --example kafka_ceiling -- --config bench/configs/kafka.yaml \
@@ -14,12 +15,14 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use hookbridge::bench::ceiling::{CeilingReport, Sent};
 use hookbridge::bench::CeilingArgs;
+use hookbridge::sink::kafka::{immediate_config, IMMEDIATE_BELOW};
 use hookbridge::sink::SinkKind;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -59,19 +62,26 @@ async fn main() {
         cc.set(k, v);
     }
     let producer: FutureProducer = cc.create().unwrap();
+    let immediate: Option<FutureProducer> = immediate_config(&cc).map(|c| c.create().unwrap());
+    let in_flight = AtomicUsize::new(0);
     let queue_timeout = kafka.timings(settings.ack_timeout).queue_timeout;
 
     // Metadata and a signature header per fixture, computed once: the ceiling does producer work only.
     let (bodies, envelopes) = args.common.bodies(std::process::id() as u64 ^ 0x6b61).unwrap();
     let body_bytes = bodies.mean_len();
-    let shared = Arc::new((producer, bodies, envelopes, args.topic.clone()));
+    let shared = Arc::new((producer, immediate, in_flight, bodies, envelopes, args.topic.clone()));
 
     let measured = args
         .common
         .drive(move |_slot, i, sent| {
             let shared = shared.clone();
             async move {
-                let (producer, bodies, envelopes, topic) = &*shared;
+                let (batching, immediate, in_flight, bodies, envelopes, topic) = &*shared;
+                let before = in_flight.fetch_add(1, Ordering::Relaxed);
+                let producer = match immediate {
+                    Some(p) if before < IMMEDIATE_BELOW => p,
+                    _ => batching,
+                };
                 let (_, body) = bodies.make(i);
                 let template = &envelopes[(i % envelopes.len() as u64) as usize];
                 let id = bodies.event_id(i);
@@ -108,6 +118,7 @@ async fn main() {
                     Some(d) => matches!(d.await, Ok(Ok(_))),
                     None => false,
                 };
+                in_flight.fetch_sub(1, Ordering::Relaxed);
                 if confirmed {
                     Sent::Confirmed
                 } else {

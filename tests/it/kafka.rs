@@ -167,6 +167,60 @@ routes:
     bridge.shutdown().await;
 }
 
+/// With a long `linger`, an event that arrives alone still leaves at once (the immediate lane, a
+/// producer with `linger.ms=0`, takes it while fewer than 4 publishes are in flight), and a burst
+/// beyond that fills the batching lane, which waits for its linger; every event lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_alone_skips_the_linger_and_a_burst_is_batched() {
+    require_broker(Duration::from_secs(10));
+    let topic = unique_topic("lanes");
+    let config = one_topic_config("    linger: 1s\n", &topic);
+    let bridge = spawn(&config).await;
+    let mut sent = Vec::new();
+    // The first publish of each producer also waits for its producer id; then one alone.
+    for what in ["warm", "alone"] {
+        let body = stripe_event(&unique_id(what), "charge.succeeded", "ch_1", None, false);
+        let started = Instant::now();
+        let (answer, _) = post(bridge.webhook_addr, &body).await;
+        assert_eq!(answer.status, StatusCode::OK, "{:?}", answer.body);
+        if what == "alone" {
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_millis(600),
+                "an event alone waited {took:?} (linger is 1 s)"
+            );
+        }
+        sent.push(body);
+    }
+    let burst: Vec<Bytes> = (0..24)
+        .map(|i| stripe_event(&unique_id("burst"), "charge.succeeded", &format!("ch_{i}"), None, false))
+        .collect();
+    let started = Instant::now();
+    let answers = futures::future::join_all(burst.iter().map(|body| async move {
+        let (answer, _) = post(bridge.webhook_addr, body).await;
+        (answer.status, started.elapsed())
+    }))
+    .await;
+    assert!(
+        answers.iter().all(|(status, _)| *status == StatusCode::OK),
+        "{answers:?}"
+    );
+    let slowest = answers.iter().map(|(_, took)| *took).max().unwrap();
+    assert!(
+        slowest >= Duration::from_millis(900),
+        "no event of the burst was batched: {answers:?}"
+    );
+    sent.extend(burst);
+    let records = read_topic(&topic, sent.len(), READ_TIMEOUT, SETTLE);
+    assert_eq!(records.len(), sent.len(), "exactly one record per accepted event");
+    let mut got: Vec<Vec<u8>> = records.into_iter().map(|r| r.payload).collect();
+    let mut want: Vec<Vec<u8>> = sent.iter().map(|b| b.to_vec()).collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want);
+    bridge.shutdown().await;
+}
+
 /// Runs the official Python SDK's verifier (tolerance off); returns its exit code and stderr.
 fn stripe_verify(header: &str, body: &[u8]) -> (i32, String) {
     let python = stripe_python();

@@ -17,10 +17,14 @@
 //!   stay unable to publish although the broker is back.
 //! - a topic librdkafka calls unknown is a permanent failure when nothing will create it, and
 //!   retryable while the cluster is creating it (see [`KafkaSink::unknown_topic`]).
+//! - two lanes (see [`Producers`]): while fewer than [`IMMEDIATE_BELOW`] publishes are in flight,
+//!   a record goes to a second producer with `linger.ms=0` and leaves at once; under load records
+//!   go to the batching producer (the configured `linger`), where they fill batches.
 
 pub mod config;
 pub mod errors;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -116,7 +120,81 @@ impl ClientContext for BridgeContext {
     fn stats_raw(&self, _statistics: &[u8]) {}
 }
 
-type Producer_ = FutureProducer<BridgeContext>;
+/// Publishes in flight (in this sink, before this one) below which a record takes the immediate
+/// lane. Why a second producer and not just a shorter linger: every publish waits for its own
+/// delivery report, so at low rates the linger is pure latency, while under load batching is what
+/// makes throughput, and librdkafka cannot change `linger.ms` on a live producer. The bound is
+/// below 5 because librdkafka's idempotent producer builds no new request for a partition while 5
+/// or more of its messages are unacknowledged (it counts messages against the broker's window of 5
+/// requests) and, once their linger has passed, polls its socket without sleeping until one is
+/// answered: with `linger.ms=0` that would be at once. With fewer than 4 records on it, the
+/// immediate lane never reaches that state; the batching lane does, but only after its linger.
+pub const IMMEDIATE_BELOW: usize = 4;
+
+type Client_ = FutureProducer<BridgeContext>;
+
+/// The sink's librdkafka producers, built and replaced together: `batching` with the configured
+/// properties, and `immediate`, the same with `linger.ms=0`, for records published while little
+/// is in flight (none when the configured linger is already 0).
+pub struct Producers {
+    batching: Client_,
+    immediate: Option<Client_>,
+}
+
+impl Producers {
+    /// The batching producer's client: metadata requests and health checks.
+    fn client(
+        &self,
+    ) -> &rdkafka::client::Client<rdkafka::producer::future_producer::FutureProducerContext<BridgeContext>> {
+        self.batching.client()
+    }
+
+    /// librdkafka's fatal error of either producer (idempotence state lost).
+    fn fatal_error(&self) -> Option<(RDKafkaErrorCode, String)> {
+        self.batching
+            .client()
+            .fatal_error()
+            .or_else(|| self.immediate.as_ref().and_then(|p| p.client().fatal_error()))
+    }
+
+    fn lane(&self, immediate: bool) -> &Client_ {
+        match &self.immediate {
+            Some(p) if immediate => p,
+            _ => &self.batching,
+        }
+    }
+
+    /// Flushes both producers within `timeout` in all.
+    fn flush(&self, timeout: Duration) -> rdkafka::error::KafkaResult<()> {
+        let deadline = Instant::now() + timeout;
+        if let Some(p) = &self.immediate {
+            p.flush(timeout)?;
+        }
+        self.batching.flush(deadline.saturating_duration_since(Instant::now()))
+    }
+
+    fn in_flight_count(&self) -> i32 {
+        self.batching.in_flight_count() + self.immediate.as_ref().map_or(0, |p| p.in_flight_count())
+    }
+}
+
+/// Counts a publish in [`KafkaSink::in_flight`] while it lives (also when it is cancelled).
+struct Counted<'a>(&'a AtomicUsize);
+
+impl Counted<'_> {
+    /// Counts one more publish; also returns how many were in flight before it.
+    fn enter(counter: &AtomicUsize) -> (Counted<'_>, usize) {
+        (Counted(counter), counter.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Producer_ = Producers;
 
 /// A Kafka sink. Cheap to share: publishes from many requests use one producer.
 pub struct KafkaSink {
@@ -128,6 +206,8 @@ pub struct KafkaSink {
     /// Whether records also carry the CloudEvents `ce_*` headers.
     headers: HeaderMode,
     producer: RwLock<Arc<Producer_>>,
+    /// Publishes in flight, which picks the lane (see [`IMMEDIATE_BELOW`]).
+    in_flight: AtomicUsize,
     /// Whether the current producer publishes; see [`Progress`].
     progress: std::sync::Mutex<Progress>,
     health: tokio::sync::Mutex<Option<(Instant, Result<(), SinkError>)>>,
@@ -181,6 +261,7 @@ impl KafkaSink {
             brokers = %config.brokers,
             queue_timeout_ms = timings.queue_timeout.as_millis() as u64,
             properties = %shown.join(", "),
+            immediate_lane = producer.immediate.is_some(),
             "kafka producer created"
         );
         Ok(KafkaSink {
@@ -191,6 +272,7 @@ impl KafkaSink {
             message_timeout: timings.message_timeout,
             headers: config.headers,
             producer: RwLock::new(Arc::new(producer)),
+            in_flight: AtomicUsize::new(0),
             progress: std::sync::Mutex::new(Progress::default()),
             health: tokio::sync::Mutex::new(None),
             cluster_auto_create: tokio::sync::Mutex::new(None),
@@ -230,7 +312,7 @@ impl KafkaSink {
     /// whichever producer loses (the failed one, or ours when another request was first) is
     /// dropped on a blocking thread: its drop joins those threads.
     fn renew_if_fatal(&self, failed: &Arc<Producer_>) {
-        let Some((code, reason)) = failed.client().fatal_error() else {
+        let Some((code, reason)) = failed.fatal_error() else {
             return;
         };
         self.replace(failed, &format!("it failed fatally ({code:?}: {reason})"));
@@ -343,13 +425,15 @@ impl KafkaSink {
             .key(envelope.key())
             .payload(&envelope.payload()[..])
             .headers(headers);
+        let (_counted, before) = Counted::enter(&self.in_flight);
+        let lane = producer.lane(before < IMMEDIATE_BELOW);
         let start = Instant::now();
         let queue_deadline = start + self.queue_timeout;
         // librdkafka checks message timeouts about once a second, so it may report a timeout up
         // to a second late; this bound keeps the answer within queue + message timeout.
         let confirm_deadline = start + self.queue_timeout + self.message_timeout;
         let delivery = loop {
-            match producer.send_result(record) {
+            match lane.send_result(record) {
                 Ok(delivery) => break delivery,
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r))
                     if Instant::now() < queue_deadline =>
@@ -488,7 +572,7 @@ impl KafkaSink {
 
     async fn probe(&self) -> Result<(), SinkError> {
         let producer = self.current();
-        if let Some((code, reason)) = producer.client().fatal_error() {
+        if let Some((code, reason)) = producer.fatal_error() {
             // Replace it here too: an unready pod gets no traffic, so no publish would.
             self.renew_if_fatal(&producer);
             return Err(SinkError::retryable(format!(
@@ -559,13 +643,38 @@ fn asks_auto_create(value: Option<&str>) -> bool {
     value.is_none_or(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "t" | "1"))
 }
 
+/// Builds the sink's producers (see [`Producers`]).
 fn create(name: &str, client_config: &ClientConfig, security: &SecurityFailure) -> Result<Producer_, String> {
-    client_config
-        .create_with_context(BridgeContext {
-            sink: name.to_string(),
-            security: security.clone(),
-        })
-        .map_err(|e| format!("cannot create the kafka producer: {}", config_error(&e)))
+    let build = |config: &ClientConfig| -> Result<Client_, String> {
+        config
+            .create_with_context(BridgeContext {
+                sink: name.to_string(),
+                security: security.clone(),
+            })
+            .map_err(|e| format!("cannot create the kafka producer: {}", config_error(&e)))
+    };
+    let batching = build(client_config)?;
+    let immediate = match immediate_config(client_config) {
+        Some(config) => Some(build(&config)?),
+        None => None,
+    };
+    Ok(Producers { batching, immediate })
+}
+
+/// The immediate lane's properties: the batching producer's with `linger.ms=0`; `None` when its
+/// linger is 0 already (one producer does both).
+pub fn immediate_config(batching: &ClientConfig) -> Option<ClientConfig> {
+    let linger = batching
+        .get("linger.ms")
+        .or_else(|| batching.get("queue.buffering.max.ms"))
+        .and_then(|v| v.trim().parse::<f64>().ok());
+    if linger.is_some_and(|ms| ms <= 0.0) {
+        return None;
+    }
+    let mut config = batching.clone();
+    config.remove("queue.buffering.max.ms");
+    config.set("linger.ms", "0");
+    Some(config)
 }
 
 /// A librdkafka error about the client config, without the offending value: rdkafka's own

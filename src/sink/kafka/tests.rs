@@ -108,3 +108,24 @@ fn the_producer_asks_for_auto_creation_unless_told_not_to() {
         assert!(!asks_auto_create(no), "{no:?}");
     }
 }
+
+#[test]
+fn the_immediate_lane_has_no_linger_and_is_not_made_when_the_linger_is_zero() {
+    use rdkafka::config::ClientConfig;
+    let mut config = ClientConfig::new();
+    config.set("linger.ms", "1").set("acks", "all");
+    let immediate = super::immediate_config(&config).unwrap();
+    assert_eq!(immediate.get("linger.ms"), Some("0"));
+    assert_eq!(immediate.get("acks"), Some("all"), "otherwise the same properties");
+    config.set("linger.ms", "0");
+    assert!(super::immediate_config(&config).is_none());
+    let mut alias = ClientConfig::new();
+    alias.set("queue.buffering.max.ms", "5");
+    let immediate = super::immediate_config(&alias).unwrap();
+    assert_eq!(
+        immediate.get("queue.buffering.max.ms"),
+        None,
+        "the alias must not be set twice"
+    );
+    assert_eq!(immediate.get("linger.ms"), Some("0"));
+}
