@@ -75,6 +75,20 @@ struct Progress {
     last_success: Option<Instant>,
 }
 
+/// The immediate lane's own record (see [`Progress`] and [`Producers`]): when its current run of
+/// retryable failures began and when the last one ended. The batching lane's successes must not
+/// hide an immediate producer that cannot publish: while its last failure is recent, records take
+/// the batching lane (one retries the immediate lane each [`IMMEDIATE_RETRY`]), and when it has
+/// failed for [`STUCK_AFTER`] the producers are replaced.
+#[derive(Debug, Default)]
+struct LaneRecord {
+    failing_since: Option<Instant>,
+    last_failure: Option<Instant>,
+}
+
+/// How long after a failure of the immediate lane records avoid it (one retries it after that).
+pub const IMMEDIATE_RETRY: Duration = Duration::from_secs(1);
+
 /// How long a credential or TLS failure reported by librdkafka explains a failed health check or
 /// publish. librdkafka retries the connection at most every `reconnect.backoff.max.ms` (1 s by
 /// default here) and reports each failure, so a failure still going on is always recent.
@@ -210,6 +224,8 @@ pub struct KafkaSink {
     in_flight: AtomicUsize,
     /// Whether the current producer publishes; see [`Progress`].
     progress: std::sync::Mutex<Progress>,
+    /// Whether the current immediate lane publishes; see [`LaneRecord`].
+    immediate: std::sync::Mutex<LaneRecord>,
     health: tokio::sync::Mutex<Option<(Instant, Result<(), SinkError>)>>,
     /// The cluster's `auto.create.topics.enable`, when it was last read.
     cluster_auto_create: tokio::sync::Mutex<Option<(Instant, Option<bool>)>>,
@@ -274,6 +290,7 @@ impl KafkaSink {
             producer: RwLock::new(Arc::new(producer)),
             in_flight: AtomicUsize::new(0),
             progress: std::sync::Mutex::new(Progress::default()),
+            immediate: std::sync::Mutex::new(LaneRecord::default()),
             health: tokio::sync::Mutex::new(None),
             cluster_auto_create: tokio::sync::Mutex::new(None),
             admin: std::sync::OnceLock::new(),
@@ -347,6 +364,7 @@ impl KafkaSink {
             tracing::error!(sink = %self.name, why, "kafka producer replaced by a new one");
             // The new producer starts with a clean record.
             *self.progress() = Progress::default();
+            *self.immediate_record() = LaneRecord::default();
         }
         // Dropping a producer purges, flushes and joins librdkafka's threads: blocking work.
         tokio::task::spawn_blocking(move || drop(retired));
@@ -355,6 +373,55 @@ impl KafkaSink {
 
     fn progress(&self) -> std::sync::MutexGuard<'_, Progress> {
         self.progress.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn immediate_record(&self) -> std::sync::MutexGuard<'_, LaneRecord> {
+        self.immediate.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a record may take the immediate lane: not within [`IMMEDIATE_RETRY`] of its last
+    /// failure.
+    fn immediate_usable(&self) -> bool {
+        self.immediate_record()
+            .last_failure
+            .is_none_or(|at| at.elapsed() >= IMMEDIATE_RETRY)
+    }
+
+    /// Records the outcome of a publish on the immediate lane of `producer` that started at
+    /// `started`, and replaces the producers when that lane has failed for [`STUCK_AFTER`].
+    fn record_immediate(&self, producer: &Arc<Producer_>, started: Instant, result: &Result<(), SinkError>) {
+        if !Arc::ptr_eq(producer, &self.current()) {
+            return;
+        }
+        let failing_for = {
+            let mut lane = self.immediate_record();
+            match result {
+                Ok(()) => {
+                    *lane = LaneRecord::default();
+                    return;
+                }
+                Err(e) if e.class == ErrorClass::Permanent => return,
+                Err(_) => {
+                    // A run of failures ends when the lane has not failed for STUCK_AFTER: an old
+                    // failure followed by silence (records on the batching lane) says nothing now.
+                    if lane.last_failure.is_none_or(|at| at.elapsed() >= STUCK_AFTER) {
+                        lane.failing_since = None;
+                    }
+                    let since = *lane.failing_since.get_or_insert(started);
+                    lane.last_failure = Some(Instant::now());
+                    since.elapsed()
+                }
+            }
+        };
+        if failing_for >= STUCK_AFTER {
+            self.replace(
+                producer,
+                &format!(
+                    "no publish on its immediate lane succeeded for {}",
+                    humantime::format_duration(Duration::from_secs(failing_for.as_secs()))
+                ),
+            );
+        }
     }
 
     /// How long publishes have failed with none succeeding, if they have.
@@ -421,12 +488,29 @@ impl KafkaSink {
                     value: Some(value),
                 })
             });
-        let mut record = FutureRecord::to(topic)
+        let record = FutureRecord::to(topic)
             .key(envelope.key())
             .payload(&envelope.payload()[..])
             .headers(headers);
         let (_counted, before) = Counted::enter(&self.in_flight);
-        let lane = producer.lane(before < IMMEDIATE_BELOW);
+        let immediate = before < IMMEDIATE_BELOW && producer.immediate.is_some() && self.immediate_usable();
+        let started = Instant::now();
+        let result = self.deliver(producer, producer.lane(immediate), record, topic).await;
+        if immediate {
+            self.record_immediate(producer, started, &result);
+        }
+        result
+    }
+
+    /// Sends `record` on `lane` of `producer` and waits for the broker's confirmation, within the
+    /// queue and message timeouts.
+    async fn deliver(
+        &self,
+        producer: &Arc<Producer_>,
+        lane: &Client_,
+        mut record: FutureRecord<'_, str, [u8]>,
+        topic: &str,
+    ) -> Result<(), SinkError> {
         let start = Instant::now();
         let queue_deadline = start + self.queue_timeout;
         // librdkafka checks message timeouts about once a second, so it may report a timeout up
