@@ -11,6 +11,9 @@
 #   2. Kafka sink, and its ceiling (examples/kafka_ceiling, same producer settings)
 #   3. RabbitMQ sink, and its ceiling (examples/amqp_ceiling, same topology and guarantees)
 #   4. fan-out to both
+#   Kafka and RabbitMQ also against bench/goref, a hand-written Go peer (net/http + stripe-go +
+#   franz-go / amqp091-go, same guarantees), run side by side with the bridge: each load point
+#   goes to the bridge and then to the Go peer, so every ratio is of two runs minutes apart.
 #   5. discard sink, open loop, while 300 uploads stall (each sends 900 KB of a declared 1 MB body
 #      and then nothing): valid events keep flowing and RSS stays under the body memory budget
 #   6. NATS JetStream sink, and its ceiling (examples/nats_ceiling, same stream and headers)
@@ -18,8 +21,9 @@
 # (utime+stime of the bridge over the run / requests it answered), and its idle RSS.
 #
 # Environment (all optional): BENCH_DURATION (10s), BENCH_WARMUP (2s), BENCH_SIZE (4096),
-# BENCH_RATE (1000), BENCH_CONCURRENCY ("64 256"), BENCH_OUT (bench/results), BENCH_STALLED (300),
-# BENCH_SKIP_CRITERION=1 to reuse the last criterion results.
+# BENCH_RATE (1000), BENCH_LOW_RATE (300), BENCH_CONCURRENCY ("64 256"), BENCH_OUT (bench/results), BENCH_STALLED (300),
+# BENCH_SKIP_CRITERION=1 to reuse the last criterion results, BENCH_SKIP_GOREF=1 to run without
+# the Go peer (which needs Go 1.23+ and the Go module proxy, or a warm module cache).
 # BENCH_SCENARIOS (default "discard kafka rabbitmq fanout stalled nats") runs only those scenarios:
 # such a partial run skips criterion and start-up, writes to bench/results/partial (or BENCH_OUT)
 # and leaves BENCHMARKS.md alone, whose figures all come from one full sitting.
@@ -39,6 +43,7 @@ DURATION="${BENCH_DURATION:-10s}"
 WARMUP="${BENCH_WARMUP:-2s}"
 SIZE="${BENCH_SIZE:-4096}"
 RATE="${BENCH_RATE:-1000}"
+LOW_RATE="${BENCH_LOW_RATE:-300}"
 CONCURRENCIES="${BENCH_CONCURRENCY:-64 256}"
 SECRET=whsec_bench_not_a_secret
 TOPIC=hookbridge.bench
@@ -48,7 +53,16 @@ TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 BIN="$TARGET_DIR/release/hookbridge"
 EXAMPLES="$TARGET_DIR/release/examples"
 CLK_TCK="$(getconf CLK_TCK)"
+GOREF="${HOOKBRIDGE_CACHE:-$HOME/.cache/hookbridge}/goref/goref"
+# The server under load: its pid, webhook port and the URL that counts the requests it answered.
 BRIDGE=""
+B_PID=""
+B_PORT=""
+PORT=""
+COUNT_URL=""
+# The Go peer, while it runs next to the bridge.
+GO_PID=""
+GO_PORT=""
 
 say() { echo "bench: $*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -68,14 +82,15 @@ broker_ticks() {
 secs() { awk -v a="$1" -v b="$2" -v hz="$CLK_TCK" 'BEGIN {printf "%.3f", (b - a) / hz}'; }
 purge_queue() { deploy/local/rabbitmq.sh ctl purge_queue "$QUEUE" >/dev/null 2>&1 || true; }
 
-stop_bridge() {
-  if [[ -n "$BRIDGE" ]] && kill -0 "$BRIDGE" 2>/dev/null; then
-    kill -TERM "$BRIDGE"
-    wait "$BRIDGE" 2>/dev/null || true
+stop_pid() {
+  if [[ -n "$1" ]] && kill -0 "$1" 2>/dev/null; then
+    kill -TERM "$1"
+    wait "$1" 2>/dev/null || true
   fi
-  BRIDGE=""
 }
-trap stop_bridge EXIT
+stop_bridge() { stop_pid "$BRIDGE"; BRIDGE=""; }
+stop_goref() { stop_pid "$GO_PID"; GO_PID=""; }
+trap 'stop_pid "${B_PID:-}"; stop_bridge; stop_goref' EXIT
 
 # start_bridge NAME CONFIG: serve on free ports, wait for /readyz, record idle RSS.
 start_bridge() {
@@ -85,6 +100,8 @@ start_bridge() {
   HOOKBRIDGE__LISTEN="127.0.0.1:$PORT" HOOKBRIDGE__ADMIN_LISTEN="127.0.0.1:$ADMIN" \
     "$BIN" serve --config "$config" 2>"$OUT/$name.bridge.log" &
   BRIDGE=$!
+  B_PID=$BRIDGE B_PORT=$PORT
+  COUNT_URL="http://127.0.0.1:$ADMIN/metrics"
   local i
   for i in $(seq 1 300); do
     if curl -fsS -o /dev/null "http://127.0.0.1:$ADMIN/readyz" 2>/dev/null; then
@@ -99,8 +116,31 @@ start_bridge() {
   die "$name: the bridge was not ready within 30 s; see $OUT/$name.bridge.log"
 }
 
+# start_goref NAME MODE ARGS...: the Go peer (bench/goref) in MODE (kafka or rabbitmq), next to
+# a running bridge; records its idle RSS. Loads go to it after use_goref.
+start_goref() {
+  local name="$1" mode="$2" i; shift 2
+  GO_PORT="$(free_port)"
+  "$GOREF" -listen "127.0.0.1:$GO_PORT" -secret "$SECRET" -mode "$mode" "$@" 2>"$OUT/$name.goref.log" &
+  GO_PID=$!
+  for i in $(seq 1 300); do
+    if curl -fsS -o /dev/null "http://127.0.0.1:$GO_PORT/readyz" 2>/dev/null; then
+      sleep 1
+      printf '{"idle_rss_kib": %s}\n' "$(status_kib "$GO_PID" VmRSS)" >"$OUT/$name.idle.json"
+      say "$name: Go peer ready (pid $GO_PID, port $GO_PORT), idle RSS $(status_kib "$GO_PID" VmRSS) KiB"
+      return 0
+    fi
+    kill -0 "$GO_PID" 2>/dev/null || die "$name: the Go peer exited; see $OUT/$name.goref.log"
+    sleep 0.1
+  done
+  die "$name: the Go peer was not ready within 30 s; see $OUT/$name.goref.log"
+}
+# Which of the two running servers the next load() goes to.
+use_bridge() { BRIDGE=$B_PID PORT=$B_PORT COUNT_URL="http://127.0.0.1:$ADMIN/metrics"; }
+use_goref() { BRIDGE=$GO_PID PORT=$GO_PORT COUNT_URL="http://127.0.0.1:$GO_PORT/requests"; }
+
 requests_total() {
-  curl -fsS "http://127.0.0.1:$ADMIN/metrics" | awk '/^hookbridge_requests_total\{/ {s += $NF} END {printf "%d\n", s}'
+  curl -fsS "$COUNT_URL" | awk '/^hookbridge_requests_total\{/ {s += $NF} /^[0-9]+$/ {s += $1} END {printf "%d\n", s}'
 }
 
 # line_of RESULT.json: one line with the rate, p50, p99 and outcome counts.
@@ -170,12 +210,45 @@ ceiling() {
 
 scenario() {
   local name="$1" config="$2" c
-  deploy/local/kafka.sh start >/dev/null 2>&1 || true
-  deploy/local/rabbitmq.sh start >/dev/null 2>&1 || true
-  deploy/local/nats.sh start >/dev/null 2>&1 || true
+  case "$name" in
+    nats) deploy/local/nats.sh start >/dev/null 2>&1 || true ;;
+    *)
+      deploy/local/kafka.sh start >/dev/null 2>&1 || true
+      deploy/local/rabbitmq.sh start >/dev/null 2>&1 || true
+      ;;
+  esac
   start_bridge "$name" "$config"
   for c in $CONCURRENCIES; do load "$name-c$c" --concurrency "$c"; done
   load "$name-r$RATE" --rate "$RATE" --concurrency 64
+  stop_bridge
+}
+
+# with_goref NAME CONFIG MODE GOREF-ARGS...: the scenario NAME against the bridge and, run by run,
+# against the Go peer (runs goref-NAME-*), then the low fixed rate for both. Without the Go peer
+# (BENCH_SKIP_GOREF=1) the bridge's runs only.
+with_goref() {
+  local name="$1" config="$2" mode="$3" c r; shift 3
+  if [[ "${BENCH_SKIP_GOREF:-0}" == 1 ]]; then
+    scenario "$name" "$config"
+    start_bridge "$name" "$config"
+    load "$name-r$LOW_RATE" --rate "$LOW_RATE" --concurrency 64
+    stop_bridge
+    return
+  fi
+  deploy/local/kafka.sh start >/dev/null 2>&1 || true
+  deploy/local/rabbitmq.sh start >/dev/null 2>&1 || true
+  start_bridge "$name" "$config"
+  start_goref "goref-$name" "$mode" "$@"
+  for c in $CONCURRENCIES; do
+    use_bridge; load "$name-c$c" --concurrency "$c"
+    use_goref; load "goref-$name-c$c" --concurrency "$c"
+  done
+  for r in "$RATE" "$LOW_RATE"; do
+    use_bridge; load "$name-r$r" --rate "$r" --concurrency 64
+    use_goref; load "goref-$name-r$r" --rate "$r" --concurrency 64
+  done
+  stop_goref
+  use_bridge
   stop_bridge
 }
 
@@ -193,12 +266,18 @@ if want nats; then deploy/local/nats.sh start; fi
 
 say "building in release mode"
 cargo build --release --bin hookbridge --example kafka_ceiling --example amqp_ceiling --example nats_ceiling
-
-if ! partial && [[ "${BENCH_SKIP_CRITERION:-0}" != 1 ]]; then
-  say "micro-benchmarks (criterion)"
-  cargo bench --bench verify >"$OUT/criterion.txt" 2>&1
+if [[ "${BENCH_SKIP_GOREF:-0}" != 1 ]] && { want kafka || want rabbitmq; }; then
+  say "building the Go peer (bench/goref) into $GOREF"
+  command -v go >/dev/null || die "the Go peer needs Go 1.23+ on PATH (or set BENCH_SKIP_GOREF=1)"
+  mkdir -p "$(dirname "$GOREF")"
+  (cd bench/goref && go build -trimpath -o "$GOREF" .)
 fi
+
 if ! partial; then
+  if [[ "${BENCH_SKIP_CRITERION:-0}" != 1 ]]; then
+    say "micro-benchmarks (criterion)"
+    cargo bench --bench verify >"$OUT/criterion.txt" 2>&1
+  fi
   mkdir -p "$OUT/criterion"
   for f in "$TARGET_DIR"/criterion/*/*/new/estimates.json; do
     [[ -e "$f" ]] || continue
@@ -220,8 +299,10 @@ fi
 if want kafka; then
   say "scenario 2: Kafka"
   for c in $CONCURRENCIES; do ceiling kafka "kafka-ceiling-c$c" --config "$CFG/kafka.yaml" --topic "$TOPIC" --in-flight "$c"; done
-  ceiling kafka "kafka-ceiling-r$RATE" --config "$CFG/kafka.yaml" --topic "$TOPIC" --in-flight 64 --rate "$RATE"
-  scenario kafka "$CFG/kafka.yaml"
+  for r in "$LOW_RATE" "$RATE"; do
+    ceiling kafka "kafka-ceiling-r$r" --config "$CFG/kafka.yaml" --topic "$TOPIC" --in-flight 64 --rate "$r"
+  done
+  with_goref kafka "$CFG/kafka.yaml" kafka -brokers 127.0.0.1:9092 -topic "$TOPIC"
   # The sink's default linger (librdkafka's 5 ms) against 1 ms, at the fixed rate: latency's share.
   HOOKBRIDGE__SINKS__EVENTS__LINGER=1ms start_bridge kafka-linger1ms "$CFG/kafka.yaml"
   load "kafka-linger1ms-r$RATE" --rate "$RATE" --concurrency 64
@@ -232,7 +313,7 @@ if want rabbitmq; then
   say "scenario 3: RabbitMQ"
   for c in $CONCURRENCIES; do ceiling amqp "rabbitmq-ceiling-c$c" --config "$CFG/rabbitmq.yaml" --in-flight "$c"; done
   ceiling amqp "rabbitmq-ceiling-r$RATE" --config "$CFG/rabbitmq.yaml" --in-flight 64 --rate "$RATE"
-  scenario rabbitmq "$CFG/rabbitmq.yaml"
+  with_goref rabbitmq "$CFG/rabbitmq.yaml" rabbitmq -exchange hookbridge.bench -queue "$QUEUE" -channels 256
   # Idle memory with a smaller AMQP frame_max: lapin keeps 32 frames of buffer each way, and
   # RabbitMQ's default frame_max (128 KiB) makes that 2 x 4 MiB.
   HOOKBRIDGE__SINKS__AMQP__URL="amqp://guest:guest@127.0.0.1:5672/%2f?frame_max=16384" \
@@ -264,7 +345,7 @@ fi
 cat >"$OUT/run.json" <<JSON
 {"started": "$STARTED", "finished": "$(date -u +%Y-%m-%dT%H:%M:%SZ)", "commit": "$(git rev-parse HEAD)",
  "dirty": $( [[ -z "$(git status --porcelain -- src Cargo.toml Cargo.lock)" ]] && echo false || echo true ),
- "duration": "$DURATION", "warmup": "$WARMUP", "size": $SIZE, "rate": $RATE, "concurrency": "$CONCURRENCIES",
+ "duration": "$DURATION", "warmup": "$WARMUP", "size": $SIZE, "rate": $RATE, "low_rate": $LOW_RATE, "concurrency": "$CONCURRENCIES",
  "rustc": "$(rustc --version)", "kafka_scenario_topic": "$TOPIC", "rabbitmq_queue": "$QUEUE",
  "scenarios": "$SCENARIOS"}
 JSON

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prints the shared libraries a binary needs at run time besides glibc's own, one resolved path a
 # line, as `ldd` finds them. Fails, listing ldd's output, when one is not found. deploy/Dockerfile
-# copies exactly these into the runtime image (whose base provides glibc), and tests/deploy.rs
+# copies exactly these into the runtime image (whose base provides glibc), and tests/it/deploy.rs
 # runs this same script on the binary cargo built, so a new linked library (librdkafka built with
 # curl, zstd or SASL, say) cannot be forgotten in the image.
 #

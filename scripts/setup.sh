@@ -47,13 +47,13 @@ log "Kafka broker jars"
 "$here/deploy/local/kafka.sh" fetch
 log "RabbitMQ server"
 "$here/deploy/local/rabbitmq.sh" install
-log "nats-server (go install, cached; for tests/nats.rs)"
+log "nats-server (go install, cached; for tests/it/nats.rs)"
 "$here/deploy/local/nats.sh" install >/dev/null
 log "Stripe SDKs"
 "$here/deploy/local/stripe-sdk.sh"
-log "stripe-mock (Stripe's API mock, for tests/replay.rs)"
+log "stripe-mock (Stripe's API mock, for tests/it/replay.rs)"
 "$here/deploy/local/stripe-mock.sh" install
-log "Helm (tests/deploy.rs renders the chart with it)"
+log "Helm (tests/it/deploy.rs renders the chart with it)"
 "$here/deploy/helm/install-helm.sh" >/dev/null
 log "promtool, actionlint, kubernetes-validate (deployment and monitoring checks)"
 "$here/deploy/tools/install.sh" promtool actionlint kubernetes-validate >/dev/null

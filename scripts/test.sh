@@ -14,8 +14,8 @@ cd "$here"
 "$here/scripts/setup.sh"
 "$here/deploy/local/kafka.sh" start
 "$here/deploy/local/rabbitmq.sh" start
-"$here/deploy/local/nats.sh" start           # nats-server with JetStream, for tests/nats.rs
-"$here/deploy/local/stripe-mock.sh" start   # Stripe's API mock, for tests/replay.rs
+"$here/deploy/local/nats.sh" start           # nats-server with JetStream, for tests/it/nats.rs
+"$here/deploy/local/stripe-mock.sh" start   # Stripe's API mock, for tests/it/replay.rs
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

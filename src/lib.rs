@@ -18,13 +18,18 @@
 //! - [`http`]: the accept loop, the webhook handler, the admin port and the error→response mapping.
 //! - [`logging`]: log lines capped by bytes.
 //! - [`metrics`]: Prometheus metrics.
-//! - [`app`]: wiring, serving, graceful shutdown, and the dead-letter step of the publish path.
+//! - [`state`]: the running bridge's state shared by every request (live endpoints, routes and
+//!   sinks, reloads and credential rotation) and the dead-letter step of the publish path.
+//! - [`budget`]: the memory budget of request bodies held at once.
+//! - [`tls`]: the webhook port's TLS certificate, loaded and reloaded from PEM files.
+//! - [`app`]: wiring, serving and graceful shutdown.
 //! - [`client`]: the HTTP client behind `hookbridge send`.
 //! - [`bench`]: the load generator behind `hookbridge bench`.
 //! - [`replay`]: `hookbridge replay`, events from Stripe's Events API through the same publish path.
 
 pub mod app;
 pub mod bench;
+pub mod budget;
 pub mod client;
 pub mod config;
 pub mod dedup;
@@ -36,4 +41,6 @@ pub mod metrics;
 pub mod replay;
 pub mod route;
 pub mod sink;
+pub mod state;
+pub mod tls;
 pub mod verify;

@@ -258,7 +258,7 @@ async fn shutdown_signal() {
 /// Reloads the config file on SIGHUP, and when its content changes (a Kubernetes ConfigMap is
 /// updated in place, and a container without a shell cannot be sent SIGHUP). An invalid file
 /// keeps the running config and logs why.
-async fn reload_config(state: std::sync::Arc<hookbridge::app::State>, path: PathBuf) {
+async fn reload_config(state: std::sync::Arc<hookbridge::state::State>, path: PathBuf) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = match signal(SignalKind::hangup()) {
         Ok(s) => Some(s),

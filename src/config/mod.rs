@@ -349,7 +349,7 @@ fn validate_http(raw: &raw::RawHttp, p: &mut Problems) -> HttpSettings {
         }
     };
     if let Some(tls) = &raw.tls {
-        if let Err(e) = crate::http::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
+        if let Err(e) = crate::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
             p.push("http.tls", e);
         }
     }

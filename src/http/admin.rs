@@ -12,8 +12,8 @@ use hyper::{Request, Response};
 use serde::Serialize;
 
 use super::response::{json, text};
-use crate::app::State;
 use crate::metrics::SinkLabel;
+use crate::state::State;
 
 /// How long `/readyz` waits for each sink's health check.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);

@@ -2,10 +2,8 @@
 //! one place that turns outcomes into responses.
 
 pub mod admin;
-pub mod budget;
 pub mod client_ip;
 pub mod response;
-pub mod tls;
 pub mod webhook;
 
 use std::convert::Infallible;
@@ -318,4 +316,26 @@ where
     Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     move |req, peer| f(state.clone(), req, peer)
+}
+
+/// The webhook port's accept-time checks: `http.allow_networks` as currently configured (a
+/// reload applies to new connections), counted in the metrics.
+impl Gate for crate::state::State {
+    fn admit(&self, peer: SocketAddr) -> bool {
+        client_ip::admitted(peer.ip(), &self.live().http)
+    }
+
+    fn refused(&self, peer: SocketAddr, reason: &'static str) {
+        if reason == "allow_networks" {
+            tracing::warn!(%peer, "refused at accept: address outside http.allow_networks");
+        }
+        self.metrics
+            .connections_refused
+            .get_or_create(&crate::metrics::ReasonLabel { reason })
+            .inc();
+    }
+
+    fn open_connections(&self, delta: i64) {
+        self.metrics.connections.inc_by(delta);
+    }
 }

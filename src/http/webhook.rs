@@ -14,10 +14,9 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use tracing::Instrument;
 
-use super::budget::Lease;
 use super::client_ip::{allowed, client_ip};
 use super::response::{received, Rejection};
-use crate::app::{Live, State};
+use crate::budget::Lease;
 use crate::dedup::{target_key, Claim};
 use crate::event::EventMeta;
 use crate::metrics::{
@@ -26,6 +25,7 @@ use crate::metrics::{
 };
 use crate::route;
 use crate::sink::{Envelope, ErrorClass, SinkError};
+use crate::state::{Live, State};
 
 /// Counts a request in `hookbridge_in_flight_requests` while it lives.
 struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
@@ -107,7 +107,7 @@ impl Outcome {
 async fn process(
     state: &State,
     live: &Live,
-    endpoint: &crate::app::Endpoint,
+    endpoint: &crate::state::Endpoint,
     req: Request<Incoming>,
     start: Instant,
     outcome: &mut Outcome,
@@ -169,7 +169,7 @@ async fn process(
 async fn deliver(
     state: &State,
     live: &Live,
-    endpoint: &crate::app::Endpoint,
+    endpoint: &crate::state::Endpoint,
     body: Bytes,
     signature: Option<http::HeaderValue>,
     meta: EventMeta,
@@ -226,7 +226,7 @@ async fn deliver(
 }
 
 /// Reads a body into one buffer whose every growth is first taken from the body budget (see
-/// [`super::budget`]), so that what bodies hold stays within `http.max_buffered_bytes`.
+/// [`crate::budget`]), so that what bodies hold stays within `http.max_buffered_bytes`.
 async fn read_body(
     state: &State,
     mut body: Incoming,
@@ -319,7 +319,7 @@ pub async fn publish_all(
             (Err(e), Some(dl)) if !e.is_retryable() => {
                 let template = dl.destination.as_str();
                 let on_publish = |s: &str, d: &str, r: &Result<(), SinkError>| record(state, s, template, d, start, r);
-                crate::app::dead_letter(
+                crate::state::dead_letter(
                     state,
                     live,
                     dl,

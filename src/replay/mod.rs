@@ -34,10 +34,10 @@ use self::checkpoint::Checkpoint;
 use self::filter::TypeFilter;
 use self::progress::Progress;
 use self::spool::Spool;
-use crate::app::State;
 use crate::config::{self, ConfigError, Settings};
 use crate::event::EventMeta;
 use crate::sink::{Envelope, Sink};
+use crate::state::State;
 
 pub use self::api::DEFAULT_API_BASE;
 
@@ -264,7 +264,7 @@ pub fn run_cli(args: ReplayArgs) -> Result<(), ReplayError> {
             // and left to fail the publishes routed to it.
             for sink in &sinks {
                 if let Err(e) =
-                    crate::app::wait_healthy(sink.as_ref(), &std::sync::atomic::AtomicBool::new(false)).await
+                    crate::state::wait_healthy(sink.as_ref(), &std::sync::atomic::AtomicBool::new(false)).await
                 {
                     eprintln!("hookbridge: replay: warning: sink {} is {e}", sink.name());
                 }
@@ -511,7 +511,7 @@ async fn fetch(
 /// twice as long apart each time (a webhook would be retried by Stripe).
 async fn publish(
     state: &State,
-    live: &crate::app::Live,
+    live: &crate::state::Live,
     route: &crate::route::Route,
     envelope: &Envelope,
 ) -> Result<(), crate::sink::SinkError> {

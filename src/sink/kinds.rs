@@ -84,7 +84,7 @@ pub trait SinkConfig: std::fmt::Debug + Send + Sync {
     fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems);
 
     /// Files the sink reads its credentials from (passwords, client certificates and keys, CA
-    /// bundles). When one changes, the sink is rebuilt (see `app::State::rotate_credentials`).
+    /// bundles). When one changes, the sink is rebuilt (see `state::State::rotate_credentials`).
     fn credential_files(&self) -> Vec<PathBuf> {
         Vec::new()
     }

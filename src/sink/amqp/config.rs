@@ -221,7 +221,7 @@ impl RabbitMqSinkConfig {
 
 impl RabbitMqSinkConfig {
     /// Files the sink reads its credentials from (the password `file`, the `tls` files). When one
-    /// changes the sink is rebuilt (see `app::State::poll_files`).
+    /// changes the sink is rebuilt (see `state::State::rotate_credentials`).
     pub fn credential_files(&self) -> Vec<PathBuf> {
         let mut files: Vec<PathBuf> = self.password.iter().filter_map(|p| p.file.clone()).collect();
         if let Some(tls) = &self.tls {

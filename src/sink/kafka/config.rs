@@ -231,7 +231,7 @@ impl KafkaSinkConfig {
     /// Files the producer reads its credentials from: `secret_options` given as `file`, and the
     /// `options` that name files (`ssl.ca.location`, `ssl.certificate.location`,
     /// `ssl.key.location`, `ssl.keystore.location`, `ssl.crl.location`; a CA *directory* is not
-    /// watched). When one changes, the sink is rebuilt (see `app::State::poll_files`).
+    /// watched). When one changes, the sink is rebuilt (see `state::State::rotate_credentials`).
     pub fn credential_files(&self) -> Vec<std::path::PathBuf> {
         let mut files: Vec<std::path::PathBuf> = self.secret_options.values().filter_map(|s| s.file.clone()).collect();
         for key in [

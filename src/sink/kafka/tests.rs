@@ -1,5 +1,5 @@
 //! Error paths a real single-node broker cannot easily produce, on librdkafka's mock cluster.
-//! The real-broker tests are in tests/kafka.rs and tests/kafka_faults.rs.
+//! The real-broker tests are in tests/it/kafka.rs and tests/faults/kafka_faults.rs.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;

@@ -64,7 +64,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 Guards for mistakes that would only show in production:
 - an admin port bound to loopback, which the kubelet's probes cannot reach;
 - a grace period too short for preStop sleep + ack_timeout + 1s (checked when ack_timeout is
-  written in whole seconds, like "5s"; tests/deploy.rs checks every form).
+  written in whole seconds, like "5s"; tests/it/deploy.rs checks every form).
 */}}
 {{- define "hookbridge.validate" -}}
 {{- range list "sinks" "routes" }}

@@ -6,9 +6,9 @@
 //! `check-config`. These tests fail, never skip, when the broker is missing.
 #![allow(clippy::unwrap_used)]
 
-mod amqp_support;
-mod common;
-mod secure_support;
+use crate::amqp_support;
+use crate::common;
+use crate::secure_support;
 
 use std::path::Path;
 use std::time::Duration;

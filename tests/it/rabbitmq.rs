@@ -2,9 +2,9 @@
 //! .ci/run starts it). Every test uses its own exchange and queues, reads back with lapin, and
 //! fails, never skips, when the broker is missing. Fault tests are in rabbitmq_faults.rs.
 
-mod amqp_support;
-mod common;
-mod kafka_support;
+use crate::amqp_support;
+use crate::common;
+use crate::kafka_support;
 
 use std::collections::{HashMap, HashSet};
 use std::io::Write;

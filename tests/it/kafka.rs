@@ -1,11 +1,11 @@
 //! The kafka sink against a real Apache Kafka broker (`deploy/local/kafka.sh start`): what a
 //! consumer reads is exactly what Stripe sent, on the routed topic, with the key and headers of
 //! SPEC.md, and a Stripe SDK verifies it. Fault tests (broker stopped or killed) are in
-//! tests/kafka_faults.rs. These tests fail, never skip, when the broker is missing.
+//! tests/faults/kafka_faults.rs. These tests fail, never skip, when the broker is missing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod kafka_support;
+use crate::common;
+use crate::kafka_support;
 
 use std::io::Write;
 use std::process::{Command, Stdio};

@@ -2,7 +2,7 @@
 //! installed by deploy/local/stripe-sdk.sh) sign and verify against hookbridge.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::Write;
 use std::path::PathBuf;

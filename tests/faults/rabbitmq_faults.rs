@@ -3,8 +3,8 @@
 //! after another) and take a lock so that they run one at a time; each leaves the server running,
 //! even when it fails.
 
-mod amqp_support;
-mod common;
+use crate::amqp_support;
+use crate::common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use amqp_support::{
 };
 use common::{event, get, post_signed, spawn, yaml};
 
-static SERVER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One fault test at a time, across both brokers: they stop and kill them.
+use crate::ONE_AT_A_TIME as SERVER;
 
 /// Starts the server again when dropped, so a failing test does not leave it down.
 struct Restore;

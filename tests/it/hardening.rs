@@ -2,7 +2,7 @@
 //! concurrency cap, TLS, and the source allow-list.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;
@@ -928,8 +928,8 @@ fn a_certificate_with_the_wrong_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (cert_a, key_a) = openssl_cert(dir.path(), "a");
     let (_cert_b, key_b) = openssl_cert(dir.path(), "b");
-    assert!(hookbridge::http::tls::load_certified_key(&cert_a, &key_a).is_ok());
-    let err = hookbridge::http::tls::load_certified_key(&cert_a, &key_b).unwrap_err();
+    assert!(hookbridge::tls::load_certified_key(&cert_a, &key_a).is_ok());
+    let err = hookbridge::tls::load_certified_key(&cert_a, &key_b).unwrap_err();
     assert!(err.contains("does not match"), "{err}");
 }
 

@@ -7,9 +7,9 @@
 //! the broker is missing.
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod kafka_support;
-mod secure_support;
+use crate::common;
+use crate::kafka_support;
+use crate::secure_support;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -5,9 +5,9 @@
 //! deploy/local/stripe-sdk.sh). Broker tests fail, never skip, when a broker is missing.
 #![allow(clippy::unwrap_used)]
 
-mod amqp_support;
-mod common;
-mod kafka_support;
+use crate::amqp_support;
+use crate::common;
+use crate::kafka_support;
 
 use std::collections::HashMap;
 use std::io::Write;

@@ -5,9 +5,9 @@
 //! stripe-mock or broker fails the test with how to start it.
 #![allow(clippy::unwrap_used)]
 
-mod amqp_support;
-mod common;
-mod kafka_support;
+use crate::amqp_support;
+use crate::common;
+use crate::kafka_support;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -832,7 +832,7 @@ async fn replayed_events_land_in_kafka_in_order_byte_for_byte() {
     kafka_support::require_broker(Duration::from_secs(10));
     let topic = kafka_support::unique_topic("replay");
     // The topic exists, as a production topic would: how the sink treats a topic the cluster
-    // is still auto-creating is tests/kafka.rs's business, and a replay stops at a permanent
+    // is still auto-creating is tests/it/kafka.rs's business, and a replay stops at a permanent
     // failure.
     let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", kafka_support::brokers())

@@ -8,8 +8,8 @@
 //! `HOOKBRIDGE_PAUSES=N` sets how often the pause test pauses the broker (default 4).
 #![allow(clippy::unwrap_used)]
 
-mod common;
-mod kafka_support;
+use crate::common;
+use crate::kafka_support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -18,8 +18,8 @@ use futures::StreamExt;
 use http::StatusCode;
 use kafka_support::*;
 
-/// One fault test at a time: they stop and kill the one broker.
-static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// One fault test at a time, across both brokers: they stop and kill them.
+use crate::ONE_AT_A_TIME as SERIAL;
 
 /// Starts the broker again when dropped, so a failed test does not leave it down.
 struct BrokerBackOnDrop;

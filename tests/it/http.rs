@@ -1,7 +1,7 @@
 //! The HTTP contract of SPEC.md, row by row, through a bridge spawned on port 0 with in-memory sinks.
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

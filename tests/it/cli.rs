@@ -2,7 +2,7 @@
 //! (SIGTERM drains requests in flight and exits 0).
 #![allow(clippy::unwrap_used)]
 
-mod common;
+use crate::common;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, Command, Stdio};

@@ -3,8 +3,8 @@
 //! async-nats, and fails, never skips, when the server is missing. The kill-and-restart test
 //! runs a private server on its own port and directory.
 
-mod common;
-mod secure_support;
+use crate::common;
+use crate::secure_support;
 
 use std::collections::HashSet;
 use std::path::Path;
