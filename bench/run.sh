@@ -354,6 +354,7 @@ if partial; then
   say "partial run ($SCENARIOS): results in $OUT; BENCHMARKS.md is written by a full run only"
   exit 0
 fi
+
 say "writing BENCHMARKS.md and bench/latency.svg"
 python3 bench/report.py "$OUT" "$ROOT/BENCHMARKS.md" "$ROOT/bench/latency.svg"
 say "done"

@@ -151,14 +151,14 @@ async fn main() {
                     .with_delivery_mode(2)
                     .with_content_type(ShortString::from("application/json"))
                     .with_message_id(ShortString::from(id))
-                    .with_type(ShortString::from(template.meta.event_type.as_str()))
+                    .with_type(ShortString::from(template.meta().event_type.as_str()))
                     .with_headers(headers);
                 let options = BasicPublishOptions {
                     mandatory: true,
                     ..Default::default()
                 };
                 let confirm = ch
-                    .basic_publish(exchange, &template.meta.event_type, options, &body, properties)
+                    .basic_publish(exchange, &template.meta().event_type, options, &body, properties)
                     .await;
                 let outcome = match confirm {
                     Ok(c) => c.await,

@@ -107,7 +107,7 @@ async fn main() {
                 for (name, value) in template.headers() {
                     headers.insert(name, if name == "stripe-event-id" { id.as_str() } else { value });
                 }
-                let subject = format!("{prefix}.{}", template.meta.event_type);
+                let subject = format!("{prefix}.{}", template.meta().event_type);
                 let ack = match js.publish_with_headers(subject, headers, body).await {
                     Ok(ack) => ack.await,
                     Err(e) => Err(e),

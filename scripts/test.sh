@@ -13,6 +13,7 @@ cd "$here"
 
 "$here/scripts/setup.sh"
 "$here/deploy/local/kafka.sh" start
+"$here/deploy/local/kafka.sh" prune-tests   # earlier runs' topics: keeps the fault tests' restarts quick
 "$here/deploy/local/rabbitmq.sh" start
 "$here/deploy/local/nats.sh" start           # nats-server with JetStream, for tests/it/nats.rs
 "$here/deploy/local/stripe-mock.sh" start   # Stripe's API mock, for tests/it/replay.rs

@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Settings;
+use crate::config::{self, Settings};
 use crate::http;
 use crate::sink::Sink;
 use crate::state::close_all;
@@ -73,16 +73,21 @@ pub enum StartError {
     Sink(#[from] crate::sink::BuildError),
     #[error("TLS: {0}")]
     Tls(String),
+    /// A secret or credential file the config names cannot be read: a config error.
+    #[error("{}", crate::config::ConfigError::join(.0))]
+    Unreadable(Vec<crate::config::Problem>),
 }
 
-/// Binds the ports (unless given), builds the sinks, and serves until [`Running::shutdown`].
+/// Reads the config's secrets and credential files, binds the ports (unless given), builds the
+/// sinks, and serves until [`Running::shutdown`].
 pub async fn start(settings: Settings, options: Options) -> Result<Running, StartError> {
+    let secrets = config::read_secrets(&settings).map_err(StartError::Unreadable)?;
     let (webhook, admin) = match options.listeners {
         Some(l) => l,
         None => (bind(settings.listen).await?, bind(settings.admin_listen).await?),
     };
     let sinks = crate::sink::build_all(&settings.sinks, settings.ack_timeout).await?;
-    start_with(settings, sinks, webhook, admin, options.clock)
+    serve_with(settings, &secrets, sinks, webhook, admin, options.clock)
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -91,7 +96,8 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, StartError> {
         .map_err(|source| StartError::Bind { addr, source })
 }
 
-/// Serves with sinks built by the caller (tests use in-memory sinks).
+/// Serves with sinks built by the caller (tests use in-memory sinks); reads the config's secrets
+/// first.
 pub fn start_with(
     settings: Settings,
     sinks: Vec<Arc<dyn Sink>>,
@@ -99,9 +105,21 @@ pub fn start_with(
     admin: TcpListener,
     clock: Arc<dyn Clock>,
 ) -> Result<Running, StartError> {
+    let secrets = config::read_secrets(&settings).map_err(StartError::Unreadable)?;
+    serve_with(settings, &secrets, sinks, webhook, admin, clock)
+}
+
+fn serve_with(
+    settings: Settings,
+    secrets: &config::Secrets,
+    sinks: Vec<Arc<dyn Sink>>,
+    webhook: TcpListener,
+    admin: TcpListener,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, StartError> {
     let webhook_addr = webhook.local_addr().expect("a bound listener has an address");
     let admin_addr = admin.local_addr().expect("a bound listener has an address");
-    let mut state = State::new(&settings, sinks, clock);
+    let mut state = State::new(&settings, secrets, sinks, clock);
     let mut webhook_options = http::ServeOptions {
         header_read_timeout: settings.http.header_read_timeout,
         max_header_bytes: settings.http.max_header_bytes,

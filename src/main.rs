@@ -118,7 +118,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => {
             let path = config::resolve_path(config);
-            let settings = config::load(&path)?;
+            let (settings, _) = config::load_with_secrets(&path)?;
             print!("{}", describe(&settings));
             println!("config {} is valid", path.display());
             Ok(ExitCode::SUCCESS)
@@ -130,7 +130,7 @@ fn run(cli: Cli) -> Result<ExitCode, Failure> {
             account,
             endpoint,
         } => {
-            let settings = config::load(&config::resolve_path(config))?;
+            let (settings, _) = config::load_with_secrets(&config::resolve_path(config))?;
             print!("{}", explain_route(&settings, &event_type, livemode, account, endpoint));
             Ok(ExitCode::SUCCESS)
         }
@@ -225,7 +225,14 @@ fn serve(config: Option<PathBuf>) -> Result<ExitCode, Failure> {
         let (endpoints, sinks) = (endpoints.join(", "), sinks.join(", "));
         let running = hookbridge::app::start(settings, hookbridge::app::Options::default())
             .await
-            .map_err(|e| Failure::other(e.to_string()))?;
+            .map_err(|e| match e {
+                // An unreadable secret or credential file is a config error, as in check-config.
+                hookbridge::app::StartError::Unreadable(problems) => Failure::from(ConfigError::Invalid {
+                    file: path.display().to_string(),
+                    problems,
+                }),
+                other => Failure::other(other.to_string()),
+            })?;
         let build = hookbridge::metrics::BUILD;
         tracing::info!(version = %build.version, commit = %build.commit, config = %path.display(),
             endpoints = %endpoints, sinks = %sinks, webhook = %running.webhook_addr,
@@ -288,6 +295,9 @@ async fn reload_config(state: std::sync::Arc<hookbridge::state::State>, path: Pa
         match loaded {
             Ok(Ok(settings)) => match state.reload(settings).await {
                 Ok(()) => tracing::info!(config = %path.display(), trigger, "config reloaded"),
+                Err(e @ hookbridge::state::ReloadError::Unreadable(_)) => {
+                    tracing::error!(error = %e, trigger, "config reload refused; keeping the running config")
+                }
                 Err(e) => tracing::error!(error = %e, trigger, "config reload failed; keeping the running config"),
             },
             Ok(Err(e)) => tracing::error!(error = %e, trigger, "config reload refused; keeping the running config"),

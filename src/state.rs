@@ -12,8 +12,9 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::budget::BodyBudget;
-use crate::config::{HttpSettings, LogSettings, Secret, SecretSource, Settings, SinkSettings};
+use crate::config::{HttpSettings, LogSettings, Secret, SecretSource, Secrets, Settings, SinkSettings};
 use crate::dedup::{Dedup, Limits};
+use crate::fields::SecretError;
 use crate::metrics::Metrics;
 use crate::route::{Router, Target};
 use crate::sink::{Envelope, Sink, SinkError};
@@ -25,21 +26,55 @@ pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
 /// How long a reload waits for a new or changed sink to report healthy.
 pub const RELOAD_SINK_WAIT: Duration = Duration::from_secs(10);
 
+/// Why a new sink was not taken into use.
+#[derive(Debug, thiserror::Error)]
+pub enum NotReady {
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("not healthy within {}: {source}", humantime::format_duration(*.within))]
+    NotHealthy {
+        within: Duration,
+        #[source]
+        source: SinkError,
+    },
+    #[error(transparent)]
+    Build(crate::sink::BoxError),
+}
+
+/// Why a reload (of the config, or of sinks whose credential files changed) was not applied. The
+/// running config is kept.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error("shutting down")]
+    ShuttingDown,
+    #[error("another reload was applied meanwhile; not applied")]
+    Superseded,
+    /// A secret or credential file of the new config cannot be read.
+    #[error("{}", crate::config::ConfigError::join(.0))]
+    Unreadable(Vec<crate::config::Problem>),
+    #[error("sink {name}: {source}")]
+    Sink {
+        name: String,
+        #[source]
+        source: NotReady,
+    },
+}
+
 /// Polls `sink.health()` until it passes or [`RELOAD_SINK_WAIT`] is over; gives up at once when
 /// shutdown begins.
-pub async fn wait_healthy(sink: &dyn Sink, draining: &AtomicBool) -> Result<(), String> {
+pub async fn wait_healthy(sink: &dyn Sink, draining: &AtomicBool) -> Result<(), NotReady> {
     let deadline = Instant::now() + RELOAD_SINK_WAIT;
     loop {
         if draining.load(Ordering::SeqCst) {
-            return Err("shutting down".into());
+            return Err(NotReady::ShuttingDown);
         }
         match sink.health().await {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() >= deadline => {
-                return Err(format!(
-                    "not healthy within {}: {e}",
-                    humantime::format_duration(RELOAD_SINK_WAIT)
-                ))
+            Err(source) if Instant::now() >= deadline => {
+                return Err(NotReady::NotHealthy {
+                    within: RELOAD_SINK_WAIT,
+                    source,
+                })
             }
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
@@ -83,7 +118,7 @@ pub struct Endpoint {
 impl Endpoint {
     /// Re-reads the secret sources; swaps the verifier when they changed. A source that cannot be
     /// read keeps the current secrets (a file being replaced may be missing for a moment).
-    pub fn reload_secrets(&self) -> Result<bool, String> {
+    pub fn reload_secrets(&self) -> Result<bool, SecretError> {
         let fresh = self
             .sources
             .iter()
@@ -112,16 +147,21 @@ pub struct Live {
     /// The settings all of this was built from, for rebuilding a sink whose credential files
     /// changed.
     settings: Settings,
+    /// The endpoints' secret sources in the order of `settings.endpoints`.
+    endpoint_order: Vec<String>,
     /// What each sink's credential files held when it was built (same order as `sinks`).
     sink_credentials: Vec<crate::sink::CredentialStamp>,
 }
 
 impl Live {
-    pub fn new(settings: &Settings, sinks: Vec<Arc<dyn Sink>>) -> Self {
+    /// The live state of `settings`, with the endpoints' `secrets` as read by
+    /// [`crate::config::read_secrets`] and the sinks built from `settings.sinks`.
+    pub fn new(settings: &Settings, secrets: &Secrets, sinks: Vec<Arc<dyn Sink>>) -> Self {
         let endpoints = settings
             .endpoints
             .iter()
-            .map(|e| {
+            .zip(secrets.0.iter().chain(std::iter::repeat(&Vec::new())))
+            .map(|(e, secrets)| {
                 (
                     e.path.clone(),
                     Endpoint {
@@ -129,9 +169,9 @@ impl Live {
                         tolerance: e.tolerance,
                         sources: e.sources.clone(),
                         verifier: ArcSwap::from_pointee(
-                            Verifier::new(&e.secrets, e.tolerance).with_future_tolerance(e.future_tolerance),
+                            Verifier::new(secrets, e.tolerance).with_future_tolerance(e.future_tolerance),
                         ),
-                        secrets: std::sync::Mutex::new(e.secrets.clone()),
+                        secrets: std::sync::Mutex::new(secrets.clone()),
                     },
                 )
             })
@@ -145,20 +185,25 @@ impl Live {
             ack_timeout: settings.ack_timeout,
             http: settings.http.clone(),
             settings: settings.clone(),
+            endpoint_order: settings.endpoints.iter().map(|e| e.path.clone()).collect(),
             sink_credentials: settings.sinks.iter().map(crate::sink::CredentialStamp::read).collect(),
         }
     }
 
-    /// The running settings, with each endpoint's secrets as they are now (a secret file may
-    /// have changed since they were loaded).
-    fn current_settings(&self) -> Settings {
-        let mut settings = self.settings.clone();
-        for e in &mut settings.endpoints {
-            if let Some(live) = self.endpoints.get(&e.path) {
-                e.secrets = live.secrets.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            }
-        }
-        settings
+    /// The running settings, and each endpoint's secrets as they are now (a secret file may
+    /// have changed since they were read).
+    fn current_settings(&self) -> (Settings, Secrets) {
+        let secrets = self
+            .endpoint_order
+            .iter()
+            .map(|path| {
+                self.endpoints
+                    .get(path)
+                    .map(|live| live.secrets.lock().unwrap_or_else(|p| p.into_inner()).clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        (self.settings.clone(), Secrets(secrets))
     }
 
     /// Names of the sinks whose credential files changed since they were built.
@@ -213,9 +258,9 @@ fn dedup_limits(settings: &Settings) -> Limits {
 }
 
 impl State {
-    pub fn new(settings: &Settings, sinks: Vec<Arc<dyn Sink>>, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(settings: &Settings, secrets: &Secrets, sinks: Vec<Arc<dyn Sink>>, clock: Arc<dyn Clock>) -> Self {
         State {
-            live: ArcSwap::from_pointee(Live::new(settings, sinks)),
+            live: ArcSwap::from_pointee(Live::new(settings, secrets, sinks)),
             dedup: Dedup::new(dedup_limits(settings)),
             metrics: Metrics::new(),
             clock,
@@ -274,15 +319,37 @@ impl State {
     /// config kept. Replaced sinks are closed once the requests that may still use them are done.
     /// The dedup window takes its new limits at once. Listener settings (addresses, TLS paths, header
     /// limits, the concurrency cap) and log settings need a restart (a changed `log` is logged).
-    pub async fn reload(self: &Arc<Self>, settings: Settings) -> Result<(), String> {
-        self.reload_rebuilding(settings, &[]).await
+    /// The new config's secrets and credential files are read first; one that cannot be read
+    /// refuses the reload ([`ReloadError::Unreadable`]).
+    pub async fn reload(self: &Arc<Self>, settings: Settings) -> Result<(), ReloadError> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(ReloadError::ShuttingDown);
+        }
+        let (settings, read) = tokio::task::spawn_blocking(move || {
+            let read = crate::config::read_secrets(&settings);
+            (settings, read)
+        })
+        .await
+        .map_err(|e| {
+            ReloadError::Unreadable(vec![crate::config::Problem {
+                path: String::new(),
+                message: format!("reading the secrets stopped: {e}"),
+            }])
+        })?;
+        let secrets = read.map_err(ReloadError::Unreadable)?;
+        self.reload_rebuilding(settings, secrets, &[]).await
     }
 
     /// [`Self::reload`], also rebuilding the sinks named in `rebuild` even where their settings
     /// did not change (their credential files did).
-    async fn reload_rebuilding(self: &Arc<Self>, settings: Settings, rebuild: &[String]) -> Result<(), String> {
+    async fn reload_rebuilding(
+        self: &Arc<Self>,
+        settings: Settings,
+        secrets: Secrets,
+        rebuild: &[String],
+    ) -> Result<(), ReloadError> {
         if self.draining.load(Ordering::SeqCst) {
-            return Err("shutting down".into());
+            return Err(ReloadError::ShuttingDown);
         }
         let _one_at_a_time = self.reloading.lock().await;
         let old = self.live();
@@ -309,7 +376,7 @@ impl State {
                     built.push(sink.clone());
                     wait_healthy(sink.as_ref(), &self.draining).await.map(|()| sink)
                 }
-                Err(e) => Err(e.source.to_string()),
+                Err(e) => Err(NotReady::Build(e.source)),
             };
             match ready {
                 Ok(sink) => sinks.push(sink),
@@ -317,7 +384,10 @@ impl State {
                     close_all(&built, Instant::now() + settings.ack_timeout).await;
                     // `sinks` holds some of `built` too: both go, so the last reference is off the runtime.
                     drop_off_runtime(std::mem::take(&mut sinks).into_iter().chain(built).collect());
-                    return Err(format!("sink {}: {e}", s.name));
+                    return Err(ReloadError::Sink {
+                        name: s.name.clone(),
+                        source: e,
+                    });
                 }
             }
         }
@@ -330,18 +400,18 @@ impl State {
         {
             let _swap = self.lifecycle.lock().await;
             let refusal = if self.draining.load(Ordering::SeqCst) {
-                Some("shutting down")
+                Some(ReloadError::ShuttingDown)
             } else if !Arc::ptr_eq(&old, &self.live()) {
-                Some("another reload was applied meanwhile; not applied")
+                Some(ReloadError::Superseded)
             } else {
                 None
             };
             if let Some(why) = refusal {
                 drop(_swap);
                 close_all(&built, Instant::now() + settings.ack_timeout).await;
-                return Err(why.into());
+                return Err(why);
             }
-            let mut live = Live::new(&settings, sinks);
+            let mut live = Live::new(&settings, &secrets, sinks);
             live.sink_credentials = stamps;
             self.replace_live(live);
             if !replaced.is_empty() {
@@ -390,11 +460,11 @@ impl State {
             Ok(c) if !c.is_empty() => c,
             _ => return,
         };
-        let settings = self.live().current_settings();
+        let (settings, secrets) = self.live().current_settings();
         for name in &changed {
             tracing::info!(sink = %name, "credential files changed; building a new connection with them");
         }
-        match self.reload_rebuilding(settings, &changed).await {
+        match self.reload_rebuilding(settings, secrets, &changed).await {
             Ok(()) => {
                 for name in &changed {
                     tracing::info!(sink = %name, "credential files changed; the new connection is in use");
@@ -468,9 +538,8 @@ pub async fn dead_letter(
             failed.message, dead_letter.sink
         )));
     };
-    let destination = dead_letter.destination.render(&envelope.meta);
-    let mut letter = envelope.clone();
-    letter.extra_headers.extend([
+    let destination = dead_letter.destination.render(envelope.meta());
+    let letter = envelope.with_headers([
         (FAILED_SINK, failed_sink.to_string()),
         (FAILED_DESTINATION, failed_destination.to_string()),
         (FAILED_REASON, failed.message.clone()),
@@ -494,7 +563,7 @@ pub async fn dead_letter(
                 })
                 .inc();
             tracing::warn!(
-                event_id = %envelope.meta.id,
+                event_id = %envelope.meta().id,
                 sink = failed_sink,
                 destination = failed_destination,
                 dead_letter_sink = sink.name(),

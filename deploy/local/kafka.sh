@@ -15,6 +15,7 @@
 #   reset                     stop and wipe all broker data (topics, offsets)
 #   fetch                     only download/cache the jars
 #   create-topic NAME [PARTS] create a topic if it does not exist (RF 1)
+#   prune-tests               delete the topics the tests made (hookbridge-test.*)
 #   scram-user NAME PASSWORD  create a SCRAM-SHA-256 and -512 user, or change its password
 #
 # Listeners, all on 127.0.0.1 (PORT is HOOKBRIDGE_KAFKA_PORT, below):
@@ -390,6 +391,23 @@ cmd_status() {
   return 1
 }
 
+# Deletes the topics the tests made (hookbridge-test.*): each test run makes its own uniquely
+# named topics, and a broker holding thousands of partitions takes minutes to recover them after
+# the fault tests kill it. scripts/test.sh runs this before the tests.
+cmd_prune_tests() {
+  [[ -n "$(broker_pid)" ]] || die "broker is not running (run: $0 start)"
+  local n
+  n="$(find "$RUN/data" -maxdepth 1 -name 'hookbridge-test.*' ! -name '*-delete' 2>/dev/null | wc -l)"
+  if ((n == 0)); then
+    say "no test topics to delete"
+    return 0
+  fi
+  tool "$TOPIC_MAIN" --bootstrap-server "$BOOTSTRAP" \
+    --command-config "$RUN/admin.properties" --delete --if-exists \
+    --topic 'hookbridge-test\..*' >/dev/null
+  say "deleted the test topics ($n partition(s))"
+}
+
 cmd_create_topic() {
   [[ $# -ge 1 && -n "$1" ]] || die "usage: kafka.sh create-topic NAME [PARTITIONS]"
   local name=$1 parts=${2:-1}
@@ -442,6 +460,7 @@ case "${1:-}" in
   reset) cmd_reset ;;
   fetch) fetch ;;
   create-topic) shift; cmd_create_topic "$@" ;;
+  prune-tests) cmd_prune_tests ;;
   scram-user) shift; cmd_scram_user "$@" ;;
   *)
     sed -n '/^# Usage/,/^# Data survives/s/^# \{0,1\}//p' "$0" >&2

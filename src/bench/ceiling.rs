@@ -51,15 +51,13 @@ impl CeilingArgs {
         let envelopes = (0..bodies.templates().len() as u64)
             .map(|i| {
                 let (_, body) = bodies.make(i);
-                let meta = crate::event::EventMeta::parse(&body).map_err(|e| e.to_string())?;
-                let signature = crate::verify::sign(b"whsec_ceiling", crate::verify::unix_now(), &body);
-                Ok(crate::sink::Envelope {
-                    payload: body,
-                    meta,
-                    signature,
-                    replayed: false,
-                    extra_headers: Vec::new(),
-                })
+                const SECRET: &[u8] = b"whsec_ceiling";
+                let now = crate::verify::unix_now();
+                let header = crate::verify::sign(SECRET, now, &body);
+                let signed = crate::verify::Verifier::new(&[SECRET], std::time::Duration::from_secs(300))
+                    .verify_body(Some(header.as_bytes()), body, now)
+                    .map_err(|e| e.to_string())?;
+                crate::sink::Envelope::verified(signed).map_err(|e| e.to_string())
             })
             .collect::<Result<_, String>>()?;
         Ok((bodies, envelopes))

@@ -2,8 +2,10 @@
 //! ([`Settings`]), and what the runtime builds from it (in `app`).
 //!
 //! Layering: serde defaults, then the YAML file (which must exist), then `HOOKBRIDGE__…`
-//! environment overrides with `__` between levels. [`validate`] is pure apart from reading
-//! secrets, and reports every problem with its key path.
+//! environment overrides with `__` between levels. [`validate`] is pure (it reads no file and no
+//! environment variable) and reports every problem with its key path; [`read_secrets`] then reads
+//! what the config names outside itself (signing secrets, sink credentials, the webhook TLS
+//! certificate) when the runtime is built, reporting problems the same way.
 
 pub mod raw;
 
@@ -38,6 +40,11 @@ pub enum ConfigError {
 }
 
 impl ConfigError {
+    /// Problems as one line, separated by `; `.
+    pub fn join(problems: &[Problem]) -> String {
+        problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    }
+
     /// The problems found, for tests and tools.
     pub fn problems(&self) -> &[Problem] {
         match self {
@@ -48,7 +55,7 @@ impl ConfigError {
 }
 
 fn join(problems: &[Problem]) -> String {
-    problems.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    ConfigError::join(problems)
 }
 
 /// Which file to read: `--config`, else `$HOOKBRIDGE_CONFIG`, else `config/hookbridge.yaml`.
@@ -125,7 +132,8 @@ fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
-/// A validated config: every name resolved, every template compiled, every secret read.
+/// A validated config: every name resolved, every template compiled. Nothing outside the config
+/// has been read yet: [`read_secrets`] does that when the runtime is built.
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: SocketAddr,
@@ -165,10 +173,8 @@ pub struct EndpointSettings {
     pub tolerance: Duration,
     /// How far in the future the signed timestamp may be.
     pub future_tolerance: Duration,
-    /// Where each secret came from (so files can be re-read on rotation).
+    /// Where each secret comes from; read by [`read_secrets`] (and again on rotation).
     pub sources: Vec<SecretSource>,
-    /// The secrets as read at load time.
-    pub secrets: Vec<Secret>,
 }
 
 /// Log output settings.
@@ -185,7 +191,57 @@ fn valid_sink_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
-/// Proves a raw config usable, or lists every problem with its key path.
+/// The signing secrets of each endpoint, read when the runtime is built (same order as
+/// [`Settings::endpoints`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Secrets(pub Vec<Vec<Secret>>);
+
+/// Reads what a validated config names outside itself, now: every endpoint's signing secrets
+/// (returned), and each sink's secrets and credential files and the webhook TLS certificate and
+/// key (checked; they are read again where they are used). Runs when the runtime is built
+/// (`serve`, `check-config`, `route`, `replay`, a reload), after [`validate`]; problems name their
+/// key like validation's, so a missing file is the same one-line config error.
+pub fn read_secrets(settings: &Settings) -> Result<Secrets, Vec<Problem>> {
+    let mut p = Problems::default();
+    let mut secrets = Vec::with_capacity(settings.endpoints.len());
+    for (i, ep) in settings.endpoints.iter().enumerate() {
+        let mut read = Vec::with_capacity(ep.sources.len());
+        for (j, src) in ep.sources.iter().enumerate() {
+            match src.load() {
+                Ok(s) => read.push(s),
+                Err(e) => p.push(format!("endpoints[{i}].secrets[{j}]"), e.to_string()),
+            }
+        }
+        secrets.push(read);
+    }
+    for sink in &settings.sinks {
+        let path = format!("sinks.{}", sink.name);
+        sink.config.config().read_files(&path, settings.ack_timeout, &mut p);
+    }
+    if let Some(tls) = &settings.http.tls {
+        if let Err(e) = crate::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
+            p.push("http.tls", e.to_string());
+        }
+    }
+    if p.is_empty() {
+        Ok(Secrets(secrets))
+    } else {
+        Err(p.into_vec())
+    }
+}
+
+/// Reads and validates the config at `path`, then reads its secrets: what `check-config` and
+/// `route` need, with the same one-line error for both kinds of problem.
+pub fn load_with_secrets(path: &Path) -> Result<(Settings, Secrets), ConfigError> {
+    let settings = load(path)?;
+    let secrets = read_secrets(&settings).map_err(|problems| ConfigError::Invalid {
+        file: path.display().to_string(),
+        problems,
+    })?;
+    Ok((settings, secrets))
+}
+
+/// Proves a raw config usable, or lists every problem with its key path. Pure: reads nothing.
 pub fn validate(raw: RawConfig) -> Result<Settings, Vec<Problem>> {
     let mut p = Problems::default();
 
@@ -348,11 +404,6 @@ fn validate_http(raw: &raw::RawHttp, p: &mut Problems) -> HttpSettings {
             }
         }
     };
-    if let Some(tls) = &raw.tls {
-        if let Err(e) = crate::tls::load_certified_key(&tls.cert_file, &tls.key_file) {
-            p.push("http.tls", e);
-        }
-    }
     HttpSettings {
         header_read_timeout: raw.header_read_timeout,
         body_read_timeout: raw.body_read_timeout,
@@ -424,11 +475,9 @@ fn validate_endpoints(raw: &RawConfig, p: &mut Problems) -> Vec<EndpointSettings
                 "list at least one secret (env, file or value)",
             );
         }
-        let mut secrets = Vec::new();
         for (j, src) in ep.secrets.iter().enumerate() {
-            match src.load() {
-                Ok(s) => secrets.push(s),
-                Err(e) => p.push(format!("{path}.secrets[{j}]"), e),
+            if let Err(e) = src.check() {
+                p.push(format!("{path}.secrets[{j}]"), e.to_string());
             }
         }
         out.push(EndpointSettings {
@@ -436,7 +485,6 @@ fn validate_endpoints(raw: &RawConfig, p: &mut Problems) -> Vec<EndpointSettings
             tolerance: ep.tolerance,
             future_tolerance: ep.future_tolerance,
             sources: ep.secrets.clone(),
-            secrets,
         });
     }
     out

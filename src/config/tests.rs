@@ -31,12 +31,13 @@ routes:
       - { sink: local, topic: "stripe.{object}" }
 "#;
 
+/// Validation's problems, or, as when the runtime is built, those of reading the secrets.
 fn problems(yaml: &str) -> Vec<String> {
     match parse_str(yaml) {
         Err(e) => e.problems().iter().map(ToString::to_string).collect(),
-        Ok(raw) => match validate(raw) {
-            Ok(_) => vec![],
-            Err(p) => p.iter().map(ToString::to_string).collect(),
+        Ok(raw) => match validate(raw).map(|s| read_secrets(&s)) {
+            Ok(Ok(_)) => vec![],
+            Err(p) | Ok(Err(p)) => p.iter().map(ToString::to_string).collect(),
         },
     }
 }
@@ -52,7 +53,7 @@ fn good_config_validates_with_defaults() {
     assert_eq!(s.ack_timeout, Duration::from_secs(5));
     assert_eq!(s.endpoints[0].tolerance, Duration::from_secs(300));
     assert_eq!(s.endpoints[0].future_tolerance, Duration::from_secs(15 * 60));
-    assert_eq!(s.endpoints[0].secrets[0].expose(), b"whsec_test");
+    assert_eq!(read_secrets(&s).unwrap().0[0][0].expose(), b"whsec_test");
     // Sinks are sorted by name and targets point at them.
     let names: Vec<_> = s.sinks.iter().map(|s| s.name.as_str()).collect();
     assert_eq!(names, ["amqp", "events", "local"]);
@@ -150,7 +151,6 @@ dedup:
         "endpoints[0].tolerance",
         "endpoints[0].future_tolerance: must be at most 1day",
         "endpoints[0].secrets: list at least one",
-        "endpoints[1].secrets[0]: environment variable HOOKBRIDGE_TEST_UNSET_SECRET_VAR is not set",
         "endpoints[1].secrets[1]: set one of",
         "endpoints[1].secrets[2]: set only one",
         "endpoints[2].path: `/a` is used by another endpoint",
@@ -171,6 +171,24 @@ dedup:
     ] {
         assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
     }
+    // Secrets are read once the config is valid, when the runtime is built: each unreadable one
+    // is named, all at once.
+    let p = problems(&GOOD.replace(
+        "      - value: whsec_test",
+        "      - env: HOOKBRIDGE_TEST_UNSET_SECRET_VAR\n      - file: /definitely/not/a/secret",
+    ));
+    for needle in [
+        "endpoints[0].secrets[0]: environment variable HOOKBRIDGE_TEST_UNSET_SECRET_VAR is not set",
+        "endpoints[0].secrets[1]: cannot read secret file /definitely/not/a/secret: no such file",
+    ] {
+        assert!(has(&p, needle), "missing {needle:?} in {p:#?}");
+    }
+    // Validation itself reads nothing.
+    let unset = GOOD.replace(
+        "      - value: whsec_test",
+        "      - env: HOOKBRIDGE_TEST_UNSET_SECRET_VAR",
+    );
+    assert!(validate(parse_str(&unset).unwrap()).is_ok());
     // The admin port may not be the webhook port, even through 0.0.0.0.
     let p = problems(&GOOD.replace("127.0.0.1:9090", "0.0.0.0:8080"));
     assert!(has(&p, "admin_listen: must not be the webhook port"), "{p:?}");

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-pub use secret::{io_reason, Secret, SecretSource};
+pub use secret::{io_reason, Secret, SecretError, SecretSource};
 
 /// A problem found in the config, with the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq)]

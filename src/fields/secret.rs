@@ -60,23 +60,55 @@ impl std::fmt::Display for SecretSource {
     }
 }
 
+/// Why a secret could not be read. Names the source, never the value.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("set one of `env`, `file` or `value`")]
+    NoSource,
+    #[error("set only one of `env`, `file` or `value`")]
+    SeveralSources,
+    #[error("environment variable {0} is not set")]
+    EnvNotSet(String),
+    #[error("environment variable {0} is not valid UTF-8")]
+    EnvNotUnicode(String),
+    #[error("cannot read secret file {}: {}", .path.display(), io_reason(.source))]
+    File {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the secret from {0} is empty")]
+    Empty(String),
+}
+
 impl SecretSource {
+    /// Checks that exactly one source is given, without reading it: what validation can know.
+    pub fn check(&self) -> Result<(), SecretError> {
+        match (&self.env, &self.file, &self.value) {
+            (Some(_), None, None) | (None, Some(_), None) | (None, None, Some(_)) => Ok(()),
+            (None, None, None) => Err(SecretError::NoSource),
+            _ => Err(SecretError::SeveralSources),
+        }
+    }
+
     /// Reads the secret now. The error names the source, never the value.
-    pub fn load(&self) -> Result<Secret, String> {
+    pub fn load(&self) -> Result<Secret, SecretError> {
+        self.check()?;
         let raw = match (&self.env, &self.file, &self.value) {
-            (Some(name), None, None) => std::env::var(name).map_err(|e| match e {
-                std::env::VarError::NotPresent => format!("environment variable {name} is not set"),
-                std::env::VarError::NotUnicode(_) => format!("environment variable {name} is not valid UTF-8"),
+            (Some(name), _, _) => std::env::var(name).map_err(|e| match e {
+                std::env::VarError::NotPresent => SecretError::EnvNotSet(name.clone()),
+                std::env::VarError::NotUnicode(_) => SecretError::EnvNotUnicode(name.clone()),
             })?,
-            (None, Some(path), None) => std::fs::read_to_string(path)
-                .map_err(|e| format!("cannot read secret file {}: {}", path.display(), io_reason(&e)))?,
-            (None, None, Some(v)) => v.clone(),
-            (None, None, None) => return Err("set one of `env`, `file` or `value`".into()),
-            _ => return Err("set only one of `env`, `file` or `value`".into()),
+            (_, Some(path), _) => std::fs::read_to_string(path).map_err(|source| SecretError::File {
+                path: path.clone(),
+                source,
+            })?,
+            (_, _, Some(v)) => v.clone(),
+            (None, None, None) => return Err(SecretError::NoSource),
         };
         let trimmed = raw.trim_end_matches(['\n', '\r', ' ', '\t']);
         if trimmed.is_empty() {
-            return Err(format!("the secret from {self} is empty"));
+            return Err(SecretError::Empty(self.to_string()));
         }
         Ok(Secret::new(trimmed.as_bytes()))
     }
@@ -125,7 +157,7 @@ mod tests {
             env: Some("HOOKBRIDGE_TEST_SURELY_UNSET_VAR".into()),
             ..Default::default()
         };
-        assert!(env.load().unwrap_err().contains("is not set"));
+        assert!(env.load().unwrap_err().to_string().contains("is not set"));
     }
 
     #[test]
@@ -136,11 +168,12 @@ mod tests {
             value: Some("y".into()),
             ..Default::default()
         };
-        assert!(both.load().unwrap_err().contains("only one"));
+        assert!(both.load().unwrap_err().to_string().contains("only one"));
+        assert!(both.check().is_err() && SecretSource::default().check().is_err());
         let empty = SecretSource {
             value: Some(" \n".into()),
             ..Default::default()
         };
-        assert!(empty.load().unwrap_err().contains("empty"));
+        assert!(empty.load().unwrap_err().to_string().contains("empty"));
     }
 }

@@ -18,7 +18,6 @@ use super::client_ip::{allowed, client_ip};
 use super::response::{received, Rejection};
 use crate::budget::Lease;
 use crate::dedup::{target_key, Claim};
-use crate::event::EventMeta;
 use crate::metrics::{
     EndpointLabel, EndpointReason, EndpointStatus, ReasonLabel, SinkDestination, SinkError as SinkErrorLabels,
     SinkLabel,
@@ -148,10 +147,11 @@ async fn process(
 
     let verifier = endpoint.verifier.load();
     let now = state.clock.now();
-    verifier
-        .verify(signature.as_ref().map(|v| v.as_bytes()), &body, now)
+    let signed = verifier
+        .verify_body(signature.as_ref().map(|v| v.as_bytes()), body, now)
         .map_err(Rejection::Signature)?;
-    let meta = EventMeta::parse(&body).map_err(Rejection::Event)?;
+    let envelope = Envelope::verified(signed).map_err(Rejection::Event)?;
+    let meta = envelope.meta();
     outcome.event_id = Some(meta.id.clone());
     outcome.event_type = Some(meta.event_type.clone());
 
@@ -159,23 +159,21 @@ async fn process(
     // from the request's task) carries its id and type. At error level so that it is enabled
     // whenever any line is, whatever the filter.
     let span = tracing::error_span!("event", event_id = %meta.id, event_type = %meta.event_type);
-    deliver(state, live, endpoint, body, signature, meta, start, outcome)
+    deliver(state, live, endpoint, &envelope, start, outcome)
         .instrument(span)
         .await
 }
 
 /// Dedup, route and publish one verified event.
-#[allow(clippy::too_many_arguments)]
 async fn deliver(
     state: &State,
     live: &Live,
     endpoint: &crate::state::Endpoint,
-    body: Bytes,
-    signature: Option<http::HeaderValue>,
-    meta: EventMeta,
+    envelope: &Envelope,
     start: Instant,
     outcome: &mut Outcome,
 ) -> Result<(), Rejection> {
+    let meta = envelope.meta();
     let label = || EndpointLabel {
         endpoint: endpoint.path.clone(),
     };
@@ -194,26 +192,15 @@ async fn deliver(
             ));
         }
     };
-    let Some((_, route)) = live.router.route(&route::Incoming::new(&meta, Some(&endpoint.path))) else {
+    let Some((_, route)) = live.router.route(&route::Incoming::new(meta, Some(&endpoint.path))) else {
         state.metrics.unrouted.get_or_create(&label()).inc();
         outcome.note = "unrouted";
         tracing::debug!("no route matches; dropped");
         return Ok(());
     };
 
-    let envelope = Envelope {
-        payload: body,
-        // Verified headers are UTF-8 (the parser requires it), so this is the header as sent.
-        signature: signature
-            .as_ref()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .unwrap_or_default(),
-        meta,
-        replayed: false,
-        extra_headers: Vec::new(),
-    };
     let already = |key: &str| claim.already_confirmed(key);
-    let (result, confirmed) = publish_all(state, live, route, &envelope, start, &already).await;
+    let (result, confirmed) = publish_all(state, live, route, envelope, start, &already).await;
     match result {
         Ok(()) => claim.published(Instant::now()),
         // The targets that confirmed are remembered: Stripe's retry goes only to the others.
@@ -281,7 +268,7 @@ pub async fn publish_all(
     start: Instant,
     already_confirmed: &(dyn Fn(&str) -> bool + Sync),
 ) -> (Result<(), SinkError>, Vec<String>) {
-    let targets = route::destinations(route, &envelope.meta);
+    let targets = route::destinations(route, envelope.meta());
     let ack_timeout = live.ack_timeout;
     let deadline = Instant::now() + ack_timeout;
     let results = futures::future::join_all(targets.iter().map(|(target, destination)| async move {

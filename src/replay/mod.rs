@@ -246,7 +246,9 @@ impl Report {
 /// `main` to print as one line.
 pub fn run_cli(args: ReplayArgs) -> Result<(), ReplayError> {
     let plan = Plan::from_args(&args, crate::verify::unix_now())?;
-    let settings = config::load(&config::resolve_path(args.config.clone()))?;
+    // The secrets are read as `serve` would, so a config it would refuse is refused here too;
+    // a replay itself verifies no signature.
+    let (settings, _secrets) = config::load_with_secrets(&config::resolve_path(args.config.clone()))?;
     let progress = !args.quiet && !args.json && std::io::IsTerminal::is_terminal(&std::io::stderr());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -350,7 +352,9 @@ pub async fn run(
     };
 
     // Publish oldest first.
-    let state = sinks.map(|sinks| State::new(settings, sinks, Arc::new(crate::verify::SystemClock)));
+    // Replayed events carry no signature: the endpoints need no secrets.
+    let no_secrets = config::Secrets::default();
+    let state = sinks.map(|sinks| State::new(settings, &no_secrets, sinks, Arc::new(crate::verify::SystemClock)));
     let live = state.as_ref().map(|s| s.live());
     let router = &settings.router;
     let mut cp = plan.resume.clone();
@@ -371,10 +375,11 @@ pub async fn run(
                 break;
             }
         };
-        let meta = EventMeta::parse(&body).expect("spooled events were parsed when fetched");
+        let envelope = Envelope::replayed(body).expect("spooled events were parsed when fetched");
+        let meta = envelope.meta();
         let (id, created) = (meta.id.clone(), meta.created.unwrap_or(0));
         // A replayed event arrived on no endpoint: routes with an `endpoint` condition skip it.
-        match router.route(&crate::route::Incoming::new(&meta, None)) {
+        match router.route(&crate::route::Incoming::new(meta, None)) {
             None => {
                 report.unrouted += 1;
                 if ui.list {
@@ -383,18 +388,11 @@ pub async fn run(
             }
             Some((_, route)) => match (&state, &live) {
                 (Some(state), Some(live)) => {
-                    let envelope = Envelope {
-                        payload: body,
-                        meta,
-                        signature: String::new(),
-                        replayed: true,
-                        extra_headers: Vec::new(),
-                    };
                     if let Err(e) = publish(state, live, route, &envelope).await {
                         report.remaining = i as u64 + 1;
                         report.error = Some(format!(
                             "event {id} ({}) was not published: {e}{}",
-                            envelope.meta.event_type,
+                            meta.event_type,
                             stop_note(&report)
                         ));
                         break;
@@ -404,7 +402,7 @@ pub async fn run(
                 _ => {
                     report.published += 1;
                     if ui.list {
-                        let to: Vec<String> = crate::route::destinations(route, &meta)
+                        let to: Vec<String> = crate::route::destinations(route, meta)
                             .iter()
                             .map(|(t, d)| format!("{} {d}", t.sink_name))
                             .collect();

@@ -91,7 +91,7 @@ const AMQP: Names = Names {
 /// The CloudEvents headers for one event, named for `binding`; optional attributes only when
 /// the event has them.
 pub fn headers(envelope: &Envelope, binding: Binding) -> Vec<(&'static str, String)> {
-    let meta = &envelope.meta;
+    let meta = envelope.meta();
     let names = match binding {
         Binding::Kafka => &KAFKA,
         Binding::Amqp => &AMQP,
@@ -104,7 +104,7 @@ pub fn headers(envelope: &Envelope, binding: Binding) -> Vec<(&'static str, Stri
     h.push((names.event_type, meta.event_type.clone()));
     let created = match meta.created {
         Some(secs) => time(secs),
-        None if meta.thin => thin_created(&envelope.payload),
+        None if meta.thin => thin_created(envelope.payload()),
         None => None,
     };
     if let Some(t) = created {
@@ -157,34 +157,25 @@ mod tests {
             created,
             thin: false,
         };
-        Envelope {
-            payload: bytes::Bytes::from_static(b"{}"),
-            meta,
-            signature: String::new(),
-            replayed: false,
-            extra_headers: Vec::new(),
-        }
+        Envelope::for_tests(bytes::Bytes::from_static(b"{}"), meta, "")
     }
 
     #[test]
     fn thin_events_keep_their_own_rfc3339_created() {
         let body = br#"{"id":"evt_test_65R","object":"v2.core.event","type":"v1.billing.meter.error_report_triggered",
             "created":"2024-09-17T06:20:52.246Z","livemode":false,"related_object":{"id":"mtr_1"}}"#;
-        let envelope = Envelope {
-            payload: bytes::Bytes::from_static(body),
-            meta: EventMeta::parse(body).unwrap(),
-            signature: String::new(),
-            replayed: false,
-            extra_headers: Vec::new(),
-        };
+        let envelope = Envelope::for_tests(bytes::Bytes::from_static(body), EventMeta::parse(body).unwrap(), "");
         let h = headers(&envelope, Binding::Kafka);
         assert!(
             h.contains(&("ce_time", "2024-09-17T06:20:52.246Z".to_string())),
             "{h:?}"
         );
         assert!(h.contains(&("ce_subject", "mtr_1".to_string())), "{h:?}");
-        let mut bad = envelope.clone();
-        bad.payload = bytes::Bytes::from_static(br#"{"created":"yesterday"}"#);
+        let bad = Envelope::for_tests(
+            bytes::Bytes::from_static(br#"{"created":"yesterday"}"#),
+            envelope.meta().clone(),
+            "",
+        );
         assert!(!headers(&bad, Binding::Kafka).iter().any(|(k, _)| *k == "ce_time"));
     }
 

@@ -136,7 +136,7 @@ impl FileSink {
     }
 
     fn line(&self, destination: &str, envelope: &Envelope) -> Result<Vec<u8>, SinkError> {
-        let payload = std::str::from_utf8(&envelope.payload)
+        let payload = std::str::from_utf8(envelope.payload())
             .map_err(|_| SinkError::permanent("the payload is not UTF-8 and cannot be written as a JSON string"))?;
         let ce = match self.header_mode {
             super::cloudevents::HeaderMode::Stripe => Vec::new(),
@@ -153,7 +153,7 @@ impl FileSink {
             headers: Headers(&headers),
             payload,
         };
-        let mut buf = Vec::with_capacity(envelope.payload.len() + 512);
+        let mut buf = Vec::with_capacity(envelope.payload().len() + 512);
         serde_json::to_writer(&mut buf, &line)
             .map_err(|e| SinkError::permanent(format!("cannot encode record: {e}")))?;
         buf.push(b'\n');

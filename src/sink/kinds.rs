@@ -83,6 +83,14 @@ pub trait SinkConfig: std::fmt::Debug + Send + Sync {
     /// `ack_timeout` the longest a request waits for the sink.
     fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems);
 
+    /// Reads the secrets and credential files this config names, now, pushing a problem (at its
+    /// key under `path`) for each that cannot be used. Runs when the runtime is built (`serve`,
+    /// `check-config`, a reload), never during validation, which reads nothing. Default: nothing
+    /// to read.
+    fn read_files(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
+        let _ = (path, ack_timeout, problems);
+    }
+
     /// Files the sink reads its credentials from (passwords, client certificates and keys, CA
     /// bundles). When one changes, the sink is rebuilt (see `state::State::rotate_credentials`).
     fn credential_files(&self) -> Vec<PathBuf> {

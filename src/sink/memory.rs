@@ -104,7 +104,7 @@ impl Sink for MemorySink {
                     .into_iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
-                payload: envelope.payload.clone(),
+                payload: envelope.payload().clone(),
             });
             Ok(())
         }

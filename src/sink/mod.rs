@@ -3,6 +3,7 @@
 
 pub mod cloudevents;
 pub mod discard;
+mod envelope;
 pub mod file;
 mod kinds;
 pub mod memory;
@@ -33,16 +34,14 @@ pub mod nats {
 }
 pub mod tls;
 
+pub use envelope::Envelope;
 pub use kinds::{
     build, build_all, BoxError, BuildError, CredentialStamp, Destination, SinkConfig, SinkKind, SinkSettings,
 };
 
 use std::time::Instant;
 
-use bytes::Bytes;
 use futures::future::BoxFuture;
-
-use crate::event::EventMeta;
 
 /// Whether retrying the same publish later may succeed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,22 +89,6 @@ impl SinkError {
     }
 }
 
-/// A verified event on its way to the brokers: the raw body and what is known about it.
-#[derive(Debug, Clone)]
-pub struct Envelope {
-    /// The request body, byte for byte.
-    pub payload: Bytes,
-    pub meta: EventMeta,
-    /// The original `Stripe-Signature` header, so consumers can verify the bytes themselves.
-    /// Empty for a replayed event (the Events API signs nothing): no header is sent then.
-    pub signature: String,
-    /// Fetched from Stripe's Events API by `hookbridge replay`, not delivered as a webhook:
-    /// the message carries `stripe-replayed: true` and no `stripe-signature`.
-    pub replayed: bool,
-    /// Headers added after the standard ones, e.g. why a dead-lettered message failed.
-    pub extra_headers: Vec<(&'static str, String)>,
-}
-
 /// Names of the message headers every sink attaches.
 pub mod header {
     pub const EVENT_ID: &str = "stripe-event-id";
@@ -122,37 +105,6 @@ pub mod header {
     pub const FAILED_DESTINATION: &str = "hookbridge-failed-destination";
     /// On a dead-lettered message: why it was refused (the broker's error, one line).
     pub const FAILED_REASON: &str = "hookbridge-failed-reason";
-}
-
-impl Envelope {
-    /// The message key: `data.object.id` when present, else the event id.
-    pub fn key(&self) -> &str {
-        self.meta.key()
-    }
-
-    /// The headers of SPEC.md, in a fixed order; optional ones only when present. A replayed
-    /// event has `stripe-replayed: true` instead of `stripe-signature`.
-    pub fn headers(&self) -> Vec<(&'static str, &str)> {
-        let mut h = Vec::with_capacity(7 + self.extra_headers.len());
-        h.push((header::EVENT_ID, self.meta.id.as_str()));
-        h.push((header::EVENT_TYPE, self.meta.event_type.as_str()));
-        if let Some(v) = &self.meta.api_version {
-            h.push((header::API_VERSION, v.as_str()));
-        }
-        h.push((header::LIVEMODE, if self.meta.livemode { "true" } else { "false" }));
-        if let Some(a) = &self.meta.account {
-            h.push((header::ACCOUNT, a.as_str()));
-        }
-        if !self.signature.is_empty() {
-            h.push((header::SIGNATURE, self.signature.as_str()));
-        }
-        if self.replayed {
-            h.push((header::REPLAYED, "true"));
-        }
-        h.push((header::CONTENT_TYPE, "application/json"));
-        h.extend(self.extra_headers.iter().map(|(k, v)| (*k, v.as_str())));
-        h
-    }
 }
 
 /// A destination for events. Object safe: the bridge holds `Arc<dyn Sink>`.

@@ -118,6 +118,38 @@ impl Verified {
     }
 }
 
+/// A request body whose `Stripe-Signature` checked out, with that header. Only
+/// [`Verifier::verify_body`] makes one, so whatever is built from it (event metadata, the
+/// [`crate::sink::Envelope`] published) comes from bytes that were verified.
+#[derive(Debug, Clone)]
+pub struct SignedBody {
+    body: bytes::Bytes,
+    header: String,
+    verified: Verified,
+}
+
+impl SignedBody {
+    /// The body, byte for byte as it was verified.
+    pub fn body(&self) -> &bytes::Bytes {
+        &self.body
+    }
+
+    /// The `Stripe-Signature` header as sent (verified headers are ASCII).
+    pub fn header(&self) -> &str {
+        &self.header
+    }
+
+    /// The proof of verification.
+    pub fn verified(&self) -> Verified {
+        self.verified
+    }
+
+    /// The body and the header, given up once their use is settled.
+    pub fn into_parts(self) -> (bytes::Bytes, String) {
+        (self.body, self.header)
+    }
+}
+
 /// Verifies Stripe signatures against a set of secrets.
 #[derive(Clone)]
 pub struct Verifier {
@@ -171,6 +203,14 @@ impl Verifier {
     /// How far in the future the timestamp may be.
     pub fn future_tolerance(&self) -> Duration {
         self.future_tolerance
+    }
+
+    /// [`Self::verify`], keeping the body and the header together with the proof.
+    pub fn verify_body(&self, header: Option<&[u8]>, body: bytes::Bytes, now: i64) -> Result<SignedBody, VerifyError> {
+        let verified = self.verify(header, &body, now)?;
+        // The parser accepts only ASCII headers, so this is the header as sent.
+        let header = String::from_utf8_lossy(header.unwrap_or_default()).into_owned();
+        Ok(SignedBody { body, header, verified })
     }
 
     /// Checks `header` (the raw `Stripe-Signature` value, `None` when absent) for `body` at `now`.

@@ -910,7 +910,7 @@ async fn a_reload_whose_new_sink_never_gets_healthy_is_refused() {
     );
     let started = Instant::now();
     let err = bridge.state.reload(settings(&broken)).await.unwrap_err();
-    assert!(err.contains("sink k"), "{err}");
+    assert!(err.to_string().contains("sink k"), "{err}");
     assert!(started.elapsed() < hookbridge::app::RELOAD_SINK_WAIT + Duration::from_secs(3));
     // The running config is kept: events still go to the discard sink.
     assert_eq!(bridge.state.live().sinks.len(), 1);
@@ -1098,7 +1098,7 @@ async fn a_reload_still_waiting_for_a_new_sink_gives_up_when_shutdown_begins() {
         .expect("the reload kept waiting after shutdown began")
         .unwrap()
         .unwrap_err();
-    assert!(err.contains("shutting down"), "{err}");
+    assert!(err.to_string().contains("shutting down"), "{err}");
     assert_eq!(state.live().sinks.len(), 1, "nothing was swapped in");
     // And a reload asked for during shutdown is refused.
     assert!(state.reload(settings(&yaml(ROUTE_ALL))).await.is_err());

@@ -126,7 +126,23 @@ impl std::fmt::Debug for RabbitMqSinkConfig {
 }
 
 impl RabbitMqSinkConfig {
-    /// Pure checks; `path` is the key path of this sink, e.g. `sinks.amqp`.
+    /// Reads the password and the `tls` files now; `path` is the key path of this sink.
+    pub fn read_files(&self, path: &str, problems: &mut Problems) {
+        if let Some(source) = &self.password {
+            if let Err(e) = source.load() {
+                problems.push(format!("{path}.password"), e.to_string());
+            }
+        }
+        #[cfg(feature = "amqp")]
+        if let Some(tls) = &self.tls {
+            if let Err((key, e)) = super::tls_connector(tls) {
+                problems.push(format!("{path}.tls.{key}"), e);
+            }
+        }
+    }
+
+    /// Pure checks; `path` is the key path of this sink, e.g. `sinks.amqp`. The password and TLS
+    /// files are read by [`Self::read_files`].
     pub fn validate(&self, path: &str, _ack_timeout: std::time::Duration, problems: &mut Problems) {
         if !cfg!(feature = "amqp") {
             problems.push(
@@ -146,8 +162,8 @@ impl RabbitMqSinkConfig {
                     "the url holds a password too; set it in one place",
                 );
             }
-            if let Err(e) = source.load() {
-                problems.push(format!("{path}.password"), e);
+            if let Err(e) = source.check() {
+                problems.push(format!("{path}.password"), e.to_string());
             }
         }
         if let Some(tls) = &self.tls {
@@ -161,10 +177,6 @@ impl RabbitMqSinkConfig {
                 (Some(_), None) => problems.push(format!("{path}.tls.key_file"), "is needed with cert_file"),
                 (None, Some(_)) => problems.push(format!("{path}.tls.cert_file"), "is needed with key_file"),
                 _ => {}
-            }
-            #[cfg(feature = "amqp")]
-            if let Err((key, e)) = super::tls_connector(tls) {
-                problems.push(format!("{path}.tls.{key}"), e);
             }
         }
         if self.exchange.len() > 255 {
@@ -286,6 +298,10 @@ impl SinkConfig for RabbitMqSinkConfig {
         RabbitMqSinkConfig::validate(self, path, ack_timeout, problems);
     }
 
+    fn read_files(&self, path: &str, _ack_timeout: Duration, problems: &mut Problems) {
+        RabbitMqSinkConfig::read_files(self, path, problems);
+    }
+
     fn credential_files(&self) -> Vec<PathBuf> {
         RabbitMqSinkConfig::credential_files(self)
     }
@@ -365,7 +381,7 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
-    use crate::config::{parse_str, validate};
+    use crate::config::{parse_str, read_secrets, validate};
     use crate::sink::SinkKind;
 
     #[test]
@@ -395,11 +411,12 @@ routes:
         )
     }
 
+    /// Validation's problems, or, as when the runtime is built, those of reading the secrets.
     fn problems(sink: &str) -> Vec<String> {
         let raw = parse_str(&config(sink)).unwrap_or_else(|e| panic!("parses: {e}"));
-        match validate(raw) {
-            Ok(_) => vec![],
-            Err(p) => p.iter().map(ToString::to_string).collect(),
+        match validate(raw).map(|s| read_secrets(&s)) {
+            Ok(Ok(_)) => vec![],
+            Err(p) | Ok(Err(p)) => p.iter().map(ToString::to_string).collect(),
         }
     }
 

@@ -17,7 +17,7 @@ pub const SHORT_STRING_MAX: usize = 255;
 /// [`HeaderMode::Cloudevents`] also the `cloudEvents:*` attributes (AMQP protocol binding; the
 /// `content_type` property is their `datacontenttype`).
 pub fn properties(envelope: &Envelope, mode: HeaderMode) -> Result<BasicProperties, SinkError> {
-    let meta = &envelope.meta;
+    let meta = envelope.meta();
     short("event id", &meta.id)?;
     short("event type", &meta.event_type)?;
     let mut headers = FieldTable::default();
@@ -148,23 +148,21 @@ mod tests {
     use bytes::Bytes;
     use lapin::protocol::{AMQPError, AMQPErrorKind, AMQPSoftError};
 
-    fn envelope(created: Option<i64>, account: Option<&str>) -> Envelope {
-        Envelope {
-            payload: Bytes::from_static(b"{}"),
-            meta: EventMeta {
-                id: "evt_1".into(),
-                event_type: "invoice.paid".into(),
-                api_version: Some("2024-06-20".into()),
-                livemode: true,
-                account: account.map(Into::into),
-                object_id: Some("in_1".into()),
-                created,
-                thin: false,
-            },
-            signature: "t=1,v1=ab".into(),
-            replayed: false,
-            extra_headers: Vec::new(),
+    fn meta(created: Option<i64>, account: Option<&str>) -> EventMeta {
+        EventMeta {
+            id: "evt_1".into(),
+            event_type: "invoice.paid".into(),
+            api_version: Some("2024-06-20".into()),
+            livemode: true,
+            account: account.map(Into::into),
+            object_id: Some("in_1".into()),
+            created,
+            thin: false,
         }
+    }
+
+    fn envelope(created: Option<i64>, account: Option<&str>) -> Envelope {
+        Envelope::for_tests(Bytes::from_static(b"{}"), meta(created, account), "t=1,v1=ab")
     }
 
     fn header(props: &BasicProperties, name: &str) -> Option<String> {
@@ -203,8 +201,9 @@ mod tests {
 
     #[test]
     fn overlong_short_strings_are_permanent() {
-        let mut e = envelope(None, None);
-        e.meta.event_type = "x".repeat(256);
+        let mut long = meta(None, None);
+        long.event_type = "x".repeat(256);
+        let e = Envelope::for_tests(Bytes::from_static(b"{}"), long, "t=1,v1=ab");
         let err = properties(&e, HeaderMode::Stripe)
             .err()
             .unwrap_or_else(|| panic!("must fail"));

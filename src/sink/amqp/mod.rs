@@ -196,8 +196,8 @@ impl AmqpSink {
         let guard = InFlight::enter(&self.shared);
         let exchange = self.exchange.clone();
         let routing_key = destination.to_string();
-        let payload = envelope.payload.clone();
-        let message_id = envelope.meta.id.clone();
+        let payload = envelope.payload().clone();
+        let message_id = envelope.meta().id.clone();
         let shared = self.shared.clone();
         tokio::spawn(async move {
             let result = match publish_one(&conn, &exchange, &routing_key, &payload, properties, &message_id).await {

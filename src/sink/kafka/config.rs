@@ -252,19 +252,63 @@ impl KafkaSinkConfig {
     }
 
     /// The values of `secret_options`, read now.
-    pub fn secret_properties(&self) -> Result<Vec<(String, String)>, String> {
+    pub fn secret_properties(&self) -> Result<Vec<(String, String)>, SecretOptionError> {
         self.secret_options
             .iter()
             .map(|(k, src)| {
-                let secret = src.load().map_err(|e| format!("secret_options.{k}: {e}"))?;
+                let secret = src
+                    .load()
+                    .map_err(|source| SecretOptionError::Unreadable { key: k.clone(), source })?;
                 let value = String::from_utf8(secret.expose().to_vec())
-                    .map_err(|_| format!("secret_options.{k}: the secret is not valid UTF-8"))?;
+                    .map_err(|_| SecretOptionError::NotUtf8 { key: k.clone() })?;
                 Ok((k.clone(), value))
             })
             .collect()
     }
 
-    /// Checks; `path` is the key path of this sink, e.g. `sinks.events`. Reads `secret_options`.
+    /// Reads `secret_options` now; `path` is the key path of this sink. With every secret read,
+    /// librdkafka checks the properties again with the secrets among them.
+    pub fn read_files(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
+        let mut secret_values = Vec::new();
+        for (key, src) in &self.secret_options {
+            match src.load() {
+                Ok(s) => match String::from_utf8(s.expose().to_vec()) {
+                    Ok(v) => secret_values.push((key.clone(), v)),
+                    Err(_) => problems.push(format!("{path}.secret_options.{key}"), "the secret is not valid UTF-8"),
+                },
+                Err(e) => problems.push(format!("{path}.secret_options.{key}"), e.to_string()),
+            }
+        }
+        if problems.is_empty() && !secret_values.is_empty() {
+            self.check_with_librdkafka(path, ack_timeout, secret_values, problems);
+        }
+    }
+
+    /// librdkafka checks property names and values without connecting anywhere.
+    #[cfg(feature = "kafka")]
+    fn check_with_librdkafka(
+        &self,
+        path: &str,
+        ack_timeout: Duration,
+        secret_values: Vec<(String, String)>,
+        problems: &mut Problems,
+    ) {
+        let mut cc = rdkafka::ClientConfig::new();
+        for (k, v) in self.properties(ack_timeout).into_iter().chain(secret_values) {
+            cc.set(k, v);
+        }
+        if let Err(e) = cc.create_native_config() {
+            // Never rdkafka's own message: it quotes the refused value, which may be a password.
+            let reason = super::config_error(&e);
+            problems.push(format!("{path}.options"), format!("librdkafka refuses them: {reason}"));
+        }
+    }
+
+    #[cfg(not(feature = "kafka"))]
+    fn check_with_librdkafka(&self, _: &str, _: Duration, _: Vec<(String, String)>, _: &mut Problems) {}
+
+    /// Checks; `path` is the key path of this sink, e.g. `sinks.events`. Pure: `secret_options`
+    /// are read by [`Self::read_files`].
     pub fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
         if !cfg!(feature = "kafka") {
             problems.push(format!("{path}.kind"), "this build of hookbridge has no kafka support");
@@ -277,7 +321,6 @@ impl KafkaSinkConfig {
                 problems.push(format!("{path}.options.{key}"), format!("cannot be set: {why}"));
             }
         }
-        let mut secret_values = Vec::new();
         for (key, src) in &self.secret_options {
             let at = format!("{path}.secret_options.{key}");
             if self.options.contains_key(key) {
@@ -286,13 +329,8 @@ impl KafkaSinkConfig {
                 || ["acks", "request.required.acks", "enable.idempotence"].contains(&key.as_str())
             {
                 problems.push(&at, "is set by hookbridge and cannot be changed");
-            } else {
-                match src.load().and_then(|s| {
-                    String::from_utf8(s.expose().to_vec()).map_err(|_| "the secret is not valid UTF-8".to_string())
-                }) {
-                    Ok(v) => secret_values.push((key.clone(), v)),
-                    Err(e) => problems.push(&at, e),
-                }
+            } else if let Err(e) = src.check() {
+                problems.push(&at, e.to_string());
             }
         }
         for key in ["sasl.mechanism", "sasl.mechanisms"] {
@@ -412,20 +450,23 @@ impl KafkaSinkConfig {
                 ),
             );
         }
-        #[cfg(feature = "kafka")]
         if problems.is_empty() {
-            // librdkafka checks property names and values without connecting anywhere.
-            let mut cc = rdkafka::ClientConfig::new();
-            for (k, v) in self.properties(ack_timeout).into_iter().chain(secret_values) {
-                cc.set(k, v);
-            }
-            if let Err(e) = cc.create_native_config() {
-                // Never rdkafka's own message: it quotes the refused value, which may be a password.
-                let reason = super::config_error(&e);
-                problems.push(format!("{path}.options"), format!("librdkafka refuses them: {reason}"));
-            }
+            self.check_with_librdkafka(path, ack_timeout, Vec::new(), problems);
         }
     }
+}
+
+/// Why a `secret_options` value could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretOptionError {
+    #[error("secret_options.{key}: {source}")]
+    Unreadable {
+        key: String,
+        #[source]
+        source: crate::fields::SecretError,
+    },
+    #[error("secret_options.{key}: the secret is not valid UTF-8")]
+    NotUtf8 { key: String },
 }
 
 impl SinkConfig for KafkaSinkConfig {
@@ -439,6 +480,10 @@ impl SinkConfig for KafkaSinkConfig {
 
     fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
         KafkaSinkConfig::validate(self, path, ack_timeout, problems);
+    }
+
+    fn read_files(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
+        KafkaSinkConfig::read_files(self, path, ack_timeout, problems);
     }
 
     fn credential_files(&self) -> Vec<std::path::PathBuf> {
@@ -472,9 +517,11 @@ mod tests {
         serde_json::from_str(json).expect("test config parses")
     }
 
+    /// Validation's problems, then, as when the runtime is built, those of reading the secrets.
     fn problems(c: &KafkaSinkConfig, ack: Duration) -> Vec<String> {
         let mut p = Problems::default();
         c.validate("sinks.k", ack, &mut p);
+        c.read_files("sinks.k", ack, &mut p);
         p.into_vec().iter().map(ToString::to_string).collect()
     }
 
@@ -620,7 +667,8 @@ mod tests {
             };
             let (_, route) = s.router.route(&event).expect("routed");
             assert_eq!(route.targets.len(), 2, "fan-out");
-            assert_eq!(s.endpoints[0].secrets[0].expose(), b"whsec_example_from_env");
+            let secrets = crate::config::read_secrets(&s).map_err(|p| format!("{p:?}"))?;
+            assert_eq!(secrets.0[0][0].expose(), b"whsec_example_from_env");
             Ok(())
         });
     }

@@ -158,7 +158,7 @@ impl KafkaSink {
         for (k, v) in &props {
             client_config.set(k, v);
         }
-        for (k, v) in config.secret_properties()? {
+        for (k, v) in config.secret_properties().map_err(|e| e.to_string())? {
             client_config.set(k, v);
         }
         client_config.set_log_level(RDKafkaLogLevel::Info);
@@ -341,7 +341,7 @@ impl KafkaSink {
             });
         let mut record = FutureRecord::to(topic)
             .key(envelope.key())
-            .payload(&envelope.payload[..])
+            .payload(&envelope.payload()[..])
             .headers(headers);
         let start = Instant::now();
         let queue_deadline = start + self.queue_timeout;

@@ -35,13 +35,7 @@ fn envelope() -> Envelope {
     let body = Bytes::from_static(
         br#"{"id":"evt_mock","object":"event","data":{"object":{"id":"pi_1"}},"livemode":false,"type":"payment_intent.succeeded"}"#,
     );
-    Envelope {
-        meta: EventMeta::parse(&body).unwrap(),
-        payload: body,
-        signature: "t=1,v1=00".into(),
-        replayed: false,
-        extra_headers: Vec::new(),
-    }
+    Envelope::for_tests(body.clone(), EventMeta::parse(&body).unwrap(), "t=1,v1=00")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

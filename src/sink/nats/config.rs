@@ -199,8 +199,8 @@ pub fn subject_matches(filter: &str, subject: &str) -> bool {
 }
 
 impl NatsSinkConfig {
-    /// Checks; `path` is the key path of this sink, e.g. `sinks.nats`. Reads the secrets and the
-    /// credentials file, as the other sinks' validation does, so a bad one is a config error.
+    /// Checks; `path` is the key path of this sink, e.g. `sinks.nats`. Pure: the secrets, the
+    /// credentials file and the TLS files are read by [`Self::read_files`].
     pub fn validate(&self, path: &str, _ack_timeout: Duration, problems: &mut Problems) {
         if !cfg!(feature = "nats") {
             problems.push(format!("{path}.kind"), "this build of hookbridge has no nats support");
@@ -232,6 +232,30 @@ impl NatsSinkConfig {
             (Some(u), Some(_)) if u.is_empty() => problems.push(format!("{path}.user"), "must not be empty"),
             _ => {}
         }
+        if let Some(tls) = &self.tls {
+            match (&tls.cert_file, &tls.key_file) {
+                (Some(_), None) => problems.push(format!("{path}.tls.key_file"), "is needed with cert_file"),
+                (None, Some(_)) => problems.push(format!("{path}.tls.cert_file"), "is needed with key_file"),
+                _ => {}
+            }
+        }
+        if let Some(stream) = &self.stream {
+            stream.validate(&format!("{path}.stream"), problems);
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > 65_536 {
+            problems.push(format!("{path}.max_in_flight"), "must be between 1 and 65536");
+        }
+        if self.connect_timeout.is_zero() {
+            problems.push(format!("{path}.connect_timeout"), "must be greater than 0");
+        }
+        if self.reconnect_max_delay < Duration::from_millis(100) {
+            problems.push(format!("{path}.reconnect_max_delay"), "must be at least 100ms");
+        }
+    }
+
+    /// Reads the secrets, the credentials file and the TLS files now (when the runtime is built,
+    /// never while validating), pushing a problem at the key of each that cannot be used.
+    pub fn read_files(&self, path: &str, problems: &mut Problems) {
         for (key, source) in [
             ("password", &self.password),
             ("token", &self.token),
@@ -239,7 +263,7 @@ impl NatsSinkConfig {
         ] {
             if let Some(source) = source {
                 match source.load() {
-                    Err(e) => problems.push(format!("{path}.{key}"), e),
+                    Err(e) => problems.push(format!("{path}.{key}"), e.to_string()),
                     Ok(secret) if key == "nkey_seed" => {
                         if let Err(e) = check_nkey_seed(secret.expose()) {
                             problems.push(format!("{path}.{key}"), e);
@@ -255,11 +279,6 @@ impl NatsSinkConfig {
             }
         }
         if let Some(tls) = &self.tls {
-            match (&tls.cert_file, &tls.key_file) {
-                (Some(_), None) => problems.push(format!("{path}.tls.key_file"), "is needed with cert_file"),
-                (None, Some(_)) => problems.push(format!("{path}.tls.cert_file"), "is needed with key_file"),
-                _ => {}
-            }
             if let Err((key, e)) = crate::sink::tls::client_config(
                 tls.ca_file.as_deref(),
                 tls.cert_file.as_deref(),
@@ -267,18 +286,6 @@ impl NatsSinkConfig {
             ) {
                 problems.push(format!("{path}.tls.{key}"), e);
             }
-        }
-        if let Some(stream) = &self.stream {
-            stream.validate(&format!("{path}.stream"), problems);
-        }
-        if self.max_in_flight == 0 || self.max_in_flight > 65_536 {
-            problems.push(format!("{path}.max_in_flight"), "must be between 1 and 65536");
-        }
-        if self.connect_timeout.is_zero() {
-            problems.push(format!("{path}.connect_timeout"), "must be greater than 0");
-        }
-        if self.reconnect_max_delay < Duration::from_millis(100) {
-            problems.push(format!("{path}.reconnect_max_delay"), "must be at least 100ms");
         }
     }
 
@@ -393,6 +400,10 @@ impl SinkConfig for NatsSinkConfig {
 
     fn validate(&self, path: &str, ack_timeout: Duration, problems: &mut Problems) {
         NatsSinkConfig::validate(self, path, ack_timeout, problems);
+    }
+
+    fn read_files(&self, path: &str, _ack_timeout: Duration, problems: &mut Problems) {
+        NatsSinkConfig::read_files(self, path, problems);
     }
 
     fn credential_files(&self) -> Vec<PathBuf> {

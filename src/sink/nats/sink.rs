@@ -210,7 +210,7 @@ impl NatsSink {
             headers.insert(name, value);
             Ok(())
         };
-        add(MSG_ID_HEADER, &envelope.meta.id)?;
+        add(MSG_ID_HEADER, &envelope.meta().id)?;
         for (name, value) in envelope.headers() {
             add(name, value)?;
         }
@@ -253,7 +253,7 @@ impl NatsSink {
         let publish = async {
             let ack = self
                 .js
-                .publish_with_headers(subject.to_string(), headers, envelope.payload.clone())
+                .publish_with_headers(subject.to_string(), headers, envelope.payload().clone())
                 .await
                 .map_err(|e| classify(subject, &e))?;
             ack.await.map_err(|e| classify(subject, &e))
