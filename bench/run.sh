@@ -211,9 +211,13 @@ ceiling() {
 
 scenario() {
   local name="$1" config="$2" c
-  deploy/local/kafka.sh start >/dev/null 2>&1 || true
-  deploy/local/rabbitmq.sh start >/dev/null 2>&1 || true
-  deploy/local/nats.sh start >/dev/null 2>&1 || true
+  case "$name" in
+    nats) deploy/local/nats.sh start >/dev/null 2>&1 || true ;;
+    *)
+      deploy/local/kafka.sh start >/dev/null 2>&1 || true
+      deploy/local/rabbitmq.sh start >/dev/null 2>&1 || true
+      ;;
+  esac
   start_bridge "$name" "$config"
   for c in $CONCURRENCIES; do load "$name-c$c" --concurrency "$c"; done
   load "$name-r$RATE" --rate "$RATE" --concurrency 64
@@ -274,11 +278,11 @@ if [[ "${BENCH_SKIP_GOREF:-0}" != 1 ]] && { want kafka || want rabbitmq; }; then
   (cd bench/goref && go build -trimpath -o "$GOREF" .)
 fi
 
-if ! partial && [[ "${BENCH_SKIP_CRITERION:-0}" != 1 ]]; then
-  say "micro-benchmarks (criterion)"
-  cargo bench --bench verify >"$OUT/criterion.txt" 2>&1
-fi
 if ! partial; then
+  if [[ "${BENCH_SKIP_CRITERION:-0}" != 1 ]]; then
+    say "micro-benchmarks (criterion)"
+    cargo bench --bench verify >"$OUT/criterion.txt" 2>&1
+  fi
   mkdir -p "$OUT/criterion"
   for f in "$TARGET_DIR"/criterion/*/*/new/estimates.json; do
     [[ -e "$f" ]] || continue

@@ -10,7 +10,7 @@
 #   127.0.0.1:$HOOKBRIDGE_NATS_PORT (default 4222), plain TCP, one account HB with JetStream:
 #     no credentials                   logs in as the account's anonymous user (no_auth_user)
 #     hookbridge / hb-nats-secret-3d7a user and password
-#     NKey UBEGKYBO…                   the seed SUAML2SI… (tests/it/nats.rs has both)
+#     NKey UBEGKYBO…                   the seed SUAML2SI… (tests/secure_support has both)
 #   127.0.0.1:$HOOKBRIDGE_NATS_TLS_PORT (default port + 1), TLS with the test CA of
 #     deploy/local/certs.sh, a client certificate required (mutual TLS) and the token
 #     hb-nats-token-8c21.
@@ -34,7 +34,7 @@ else
 fi
 MAX_STORE="${HOOKBRIDGE_NATS_MAX_STORE:-1G}"
 TIMEOUT="${HOOKBRIDGE_NATS_TIMEOUT:-20}"   # seconds for start/wait/stop
-# Test credentials (tests/it/nats.rs has the same values).
+# Test credentials (tests/secure_support has the same values).
 PASSWORD_USER=hookbridge
 PASSWORD_USER_SECRET=hb-nats-secret-3d7a
 NKEY_USER=UBEGKYBOJVPBFBEI7ZPQXBZMVRCDOAYPVNNX53UOE4ATNY4ODDAGJ4PU
