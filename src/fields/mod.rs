@@ -75,9 +75,20 @@ pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>,
 }
 
 /// Parses `300s`, `5s`, `250ms`, `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|_| format!("`{text}` is not a duration; write it like 300s, 5s or 250ms"))
+pub fn parse_duration(text: &str) -> Result<Duration, NotADuration> {
+    humantime::parse_duration(text.trim()).map_err(|source| NotADuration {
+        text: text.to_string(),
+        source,
+    })
+}
+
+/// A duration field that does not read as one.
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is not a duration; write it like 300s, 5s or 250ms")]
+pub struct NotADuration {
+    text: String,
+    #[source]
+    source: humantime::DurationError,
 }
 
 /// A scalar option value (string, number or boolean) kept as text, e.g. librdkafka properties.

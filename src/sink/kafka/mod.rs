@@ -21,6 +21,8 @@
 pub mod config;
 pub mod errors;
 
+pub use self::errors::{AutoCreateError, BuildError};
+
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -152,13 +154,13 @@ impl std::fmt::Debug for KafkaSink {
 impl KafkaSink {
     /// Builds the producer. Fails only on a config librdkafka refuses (e.g. a missing CA file),
     /// never because a broker is down.
-    pub fn new(name: &str, config: &KafkaSinkConfig, ack_timeout: Duration) -> Result<KafkaSink, String> {
+    pub fn new(name: &str, config: &KafkaSinkConfig, ack_timeout: Duration) -> Result<KafkaSink, BuildError> {
         let mut client_config = ClientConfig::new();
         let props = config.properties(ack_timeout);
         for (k, v) in &props {
             client_config.set(k, v);
         }
-        for (k, v) in config.secret_properties().map_err(|e| e.to_string())? {
+        for (k, v) in config.secret_properties()? {
             client_config.set(k, v);
         }
         client_config.set_log_level(RDKafkaLogLevel::Info);
@@ -444,7 +446,7 @@ impl KafkaSink {
         value
     }
 
-    async fn read_cluster_auto_create(&self, producer: &Arc<Producer_>, topic: &str) -> Result<bool, String> {
+    async fn read_cluster_auto_create(&self, producer: &Arc<Producer_>, topic: &str) -> Result<bool, AutoCreateError> {
         let p = producer.clone();
         let topic = topic.to_string();
         let broker = tokio::task::spawn_blocking(move || {
@@ -453,9 +455,9 @@ impl KafkaSink {
                 .map(|m| m.brokers().first().map(|b| b.id()))
         })
         .await
-        .map_err(|e| format!("metadata request failed: {e}"))?
-        .map_err(|e| format!("no metadata: {e}"))?
-        .ok_or("the cluster reports no brokers")?;
+        .map_err(AutoCreateError::Join)?
+        .map_err(AutoCreateError::Metadata)?
+        .ok_or(AutoCreateError::NoBrokers)?;
         let admin = self
             .admin
             .get_or_init(|| {
@@ -469,20 +471,20 @@ impl KafkaSink {
                 AdminClient::from_config_and_context(&config, context).map_err(|e| config_error(&e))
             })
             .as_ref()
-            .map_err(|e| format!("cannot create an admin client: {e}"))?;
+            .map_err(|e| AutoCreateError::Admin(e.clone()))?;
         let options = AdminOptions::new().request_timeout(Some(HEALTH_PROBE_TIMEOUT));
         let resource = admin
             .describe_configs(&[ResourceSpecifier::Broker(broker)], &options)
             .await
-            .map_err(|e| format!("DescribeConfigs failed: {e}"))?
+            .map_err(AutoCreateError::Describe)?
             .into_iter()
             .next()
-            .ok_or("DescribeConfigs returned nothing")?
-            .map_err(|code| format!("DescribeConfigs for broker {broker}: {code:?}"))?;
+            .ok_or(AutoCreateError::Nothing)?
+            .map_err(|code| AutoCreateError::Refused { broker, code })?;
         let value = resource
             .get("auto.create.topics.enable")
             .and_then(|entry| entry.value.as_deref())
-            .ok_or("the broker config has no auto.create.topics.enable")?;
+            .ok_or(AutoCreateError::NoSetting)?;
         Ok(value.eq_ignore_ascii_case("true"))
     }
 
@@ -559,13 +561,13 @@ fn asks_auto_create(value: Option<&str>) -> bool {
     value.is_none_or(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "true" | "t" | "1"))
 }
 
-fn create(name: &str, client_config: &ClientConfig, security: &SecurityFailure) -> Result<Producer_, String> {
+fn create(name: &str, client_config: &ClientConfig, security: &SecurityFailure) -> Result<Producer_, BuildError> {
     client_config
         .create_with_context(BridgeContext {
             sink: name.to_string(),
             security: security.clone(),
         })
-        .map_err(|e| format!("cannot create the kafka producer: {}", config_error(&e)))
+        .map_err(|e| BuildError::Producer(config_error(&e)))
 }
 
 /// A librdkafka error about the client config, without the offending value: rdkafka's own
