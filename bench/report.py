@@ -19,6 +19,7 @@ SCENARIOS = [
     ("rabbitmq", "3. RabbitMQ sink"),
     ("fanout", "4. fan-out to Kafka and RabbitMQ"),
     ("stalled", "5. discard sink while 300 uploads stall (the body memory budget)"),
+    ("nats", "6. NATS JetStream sink"),
 ]
 MIB = 1024.0
 
@@ -66,6 +67,7 @@ class Results:
         self.startup = load(os.path.join(d, "startup.json")) or {}
         self.conc = [int(c) for c in str(self.run.get("concurrency", "64 256")).split()]
         self.rate = self.run.get("rate", 1000)
+        self.low_rate = self.run.get("low_rate")
 
     def bench(self, name):
         return load(os.path.join(self.d, name + ".json"))
@@ -80,9 +82,18 @@ class Results:
         names = [f"{scenario}-c{c}" for c in self.conc] + [f"{scenario}-r{self.rate}"]
         if scenario == "stalled":
             names = [f"stalled-r{self.rate}"]
+        if scenario in ("kafka", "rabbitmq") and self.low_rate:
+            names.append(f"{scenario}-r{self.low_rate}")
         if scenario == "kafka" and os.path.exists(os.path.join(self.d, f"kafka-linger1ms-r{self.rate}.json")):
             names.append(f"kafka-linger1ms-r{self.rate}")
+        if scenario in ("kafka", "rabbitmq"):
+            names += [f"goref-{n}" for n in names if "linger" not in n and os.path.exists(
+                os.path.join(self.d, f"goref-{n}.json"))]
         return [(n, self.bench(n), self.proc(n)) for n in names]
+
+    def rates(self):
+        """The open-loop rates of this run, lowest first."""
+        return sorted(x for x in (self.low_rate, self.rate) if x)
 
     def criterion(self, group, ident):
         e = load(os.path.join(self.d, "criterion", group, ident, "new", "estimates.json"))
@@ -130,14 +141,35 @@ def write_markdown(r, out_md, svg_name):
     def target(text, figure, ok):
         targets.append((text, figure, ok))
 
-    for sink, label in (("kafka", "Kafka"), ("rabbitmq", "RabbitMQ")):
+    for sink, label, want in (("kafka", "Kafka", 0.7), ("rabbitmq", "RabbitMQ", 0.8), ("nats", "NATS", 0.6)):
         for c in r.conc:
             b, ceil = r.bench(f"{sink}-c{c}"), r.bench(f"{sink}-ceiling-c{c}")
             if b and ceil and ceil["messages_per_sec"] > 0:
                 ratio = b["requests_per_sec"] / ceil["messages_per_sec"]
-                target(f"{label} ≥ 60% of its ceiling at concurrency {c}",
-                       f"{ratio:.0%} ({b['requests_per_sec']:,.0f} vs {ceil['messages_per_sec']:,.0f}/s)", ratio >= 0.6)
-    for sink, label, limit in (("kafka", "Kafka", 10), ("rabbitmq", "RabbitMQ", 15)):
+                target(f"{label} ≥ {want:.0%} of its ceiling at concurrency {c}",
+                       f"{ratio:.0%} ({b['requests_per_sec']:,.0f} vs {ceil['messages_per_sec']:,.0f}/s)", ratio >= want)
+    for rate in r.rates():
+        b, go, ceil = r.bench(f"kafka-r{rate}"), r.bench(f"goref-kafka-r{rate}"), r.bench(f"kafka-ceiling-r{rate}")
+        if not b:
+            continue
+        for q in ("p50", "p99"):
+            mine = b["latency_ms"][q]
+            if go:
+                theirs = go["latency_ms"][q]
+                target(f"Kafka at {rate}/s: {q} ≤ the Go peer's", f"{mine:.2f} vs {theirs:.2f} ms", mine <= theirs)
+            if ceil:
+                c_ = ceil["latency_ms"][q]
+                target(f"Kafka at {rate}/s: {q} ≤ 1.2 × the ceiling program's",
+                       f"{mine:.2f} vs {c_:.2f} ms ({mine / c_:.2f}×)", mine <= 1.2 * c_)
+    b, go = r.bench("rabbitmq-c64"), r.bench("goref-rabbitmq-c64")
+    if b and go:
+        mine, theirs = b["latency_ms"]["p99"], go["latency_ms"]["p99"]
+        target("RabbitMQ at concurrency 64: p99 ≤ the Go peer's", f"{mine:.2f} vs {theirs:.2f} ms", mine <= theirs)
+    for run, limit in (("discard-c64", 15), ("kafka-c64", 30)):
+        us = cpu_per_1000(r.proc(run))
+        if us is not None:
+            target(f"bridge CPU per event ≤ {limit} µs ({run})", f"{us:.1f} µs", us <= limit)
+    for sink, label, limit in (("kafka", "Kafka", 10), ("rabbitmq", "RabbitMQ", 15), ("nats", "NATS", 10)):
         b = r.bench(f"{sink}-r{r.rate}")
         if b:
             p99 = b["latency_ms"]["p99"]
@@ -207,7 +239,7 @@ def write_markdown(r, out_md, svg_name):
             )
     L.append("")
     idles = []
-    for s in [sc for sc, _ in SCENARIOS] + ["kafka-linger1ms", "rabbitmq-framemax16k"]:
+    for s in [sc for sc, _ in SCENARIOS] + ["kafka-linger1ms", "rabbitmq-framemax16k", "goref-kafka", "goref-rabbitmq"]:
         i = r.idle(s)
         if i and i.get("idle_rss_kib"):
             idles.append(f"{s} {i['idle_rss_kib'] / MIB:.1f} MiB")
@@ -223,11 +255,12 @@ def write_markdown(r, out_md, svg_name):
              "from the sink's librdkafka properties (idempotent, `acks=all`, same linger and timeouts) and keeps N "
              "records in flight, each awaiting its own delivery report; `examples/amqp_ceiling` declares the same "
              "topology and keeps N persistent, mandatory publishes in flight, one per channel as the sink does, each "
-             "awaiting its own confirm. Same bodies, keys and headers as the bridge sends.")
+             "awaiting its own confirm; `examples/nats_ceiling` creates the same stream and keeps N JetStream "
+             "publishes in flight, each awaiting its own ack. Same bodies, keys and headers as the bridge sends.")
     L.append("")
     L.append("| sink | in flight | ceiling msg/s | ceiling p50 / p99 ms | bridge req/s | bridge p50 / p99 ms | bridge / ceiling |")
     L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for sink in ("kafka", "rabbitmq"):
+    for sink in ("kafka", "rabbitmq", "nats"):
         for c in r.conc:
             b, ceil = r.bench(f"{sink}-c{c}"), r.bench(f"{sink}-ceiling-c{c}")
             if not ceil:
@@ -238,11 +271,11 @@ def write_markdown(r, out_md, svg_name):
                 ratio = b["requests_per_sec"] / ceil["messages_per_sec"] if ceil["messages_per_sec"] else 0
                 L.append(f"| {sink} | {c} | {ceil['messages_per_sec']:,.0f} | {cl['p50']:.2f} / {cl['p99']:.2f} | "
                          f"{b['requests_per_sec']:,.0f} | {bl['p50']:.2f} / {bl['p99']:.2f} | {ratio:.0%} |")
-    for sink in ("kafka", "rabbitmq"):
-        b, ceil = r.bench(f"{sink}-r{r.rate}"), r.bench(f"{sink}-ceiling-r{r.rate}")
+    for sink, rate in [(k, x) for k in ("kafka", "rabbitmq", "nats") for x in r.rates()]:
+        b, ceil = r.bench(f"{sink}-r{rate}"), r.bench(f"{sink}-ceiling-r{rate}")
         if b and ceil:
             cl, bl = ceil["latency_ms"], b["latency_ms"]
-            L.append(f"| {sink}, open loop at {r.rate}/s | up to 64 | {ceil['messages_per_sec']:,.0f} | "
+            L.append(f"| {sink}, open loop at {rate}/s | up to 64 | {ceil['messages_per_sec']:,.0f} | "
                      f"{cl['p50']:.2f} / {cl['p99']:.2f} | {b['requests_per_sec']:,.0f} | "
                      f"{bl['p50']:.2f} / {bl['p99']:.2f} | – |")
     for c in r.conc:
@@ -262,8 +295,9 @@ def write_markdown(r, out_md, svg_name):
              "tests on this machine). On 2 cores, 2,000,000 µs/s divided by the total bounds the rate the machine "
              "can reach in that setup, whatever the code does.")
     L.append("")
-    L.append("| run | load generator | bridge / ceiling program | Kafka broker | RabbitMQ broker | total | 2-core bound/s |")
-    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    L.append("| run | load generator | bridge / ceiling program | Kafka broker | RabbitMQ broker | NATS server | total "
+             "| 2-core bound/s |")
+    L.append("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 
     def per(x, n):
         return x / n * 1e6 if x is not None and n else None
@@ -274,23 +308,29 @@ def write_markdown(r, out_md, svg_name):
             if b and p and p.get("events"):
                 ev = p["events"]
                 rows.append((n, per(b.get("generator_cpu_s"), ev), per(p.get("cpu_s"), ev),
-                             per(p.get("kafka_cpu_s"), ev), per(p.get("rabbitmq_cpu_s"), ev)))
-        for tag in [f"c{c}" for c in r.conc] + [f"r{r.rate}"]:
+                             per(p.get("kafka_cpu_s"), ev), per(p.get("rabbitmq_cpu_s"), ev),
+                             per(p.get("nats_cpu_s"), ev)))
+        for tag in [f"c{c}" for c in r.conc] + [f"r{x}" for x in r.rates()]:
             ceil, p = r.bench(f"{s_}-ceiling-{tag}"), r.proc(f"{s_}-ceiling-{tag}")
             if ceil and ceil.get("total_messages"):
                 ev = ceil["total_messages"]
                 rows.append((f"{s_}-ceiling-{tag}", None, per(ceil.get("cpu_s"), ev),
-                             per((p or {}).get("kafka_cpu_s"), ev), per((p or {}).get("rabbitmq_cpu_s"), ev)))
-    for n, g, br, k, rb in rows:
-        relevant = [g, br] + ([k] if not n.startswith("rabbitmq") and not n.startswith("discard") else []) \
-            + ([rb] if n.startswith("rabbitmq") or n.startswith("fanout") else [])
+                             per((p or {}).get("kafka_cpu_s"), ev), per((p or {}).get("rabbitmq_cpu_s"), ev),
+                             per((p or {}).get("nats_cpu_s"), ev)))
+    for n, g, br, k, rb, ns in rows:
+        base = n.removeprefix("goref-")
+        relevant = [g, br] + ([k] if not base.startswith(("rabbitmq", "discard", "nats")) else []) \
+            + ([rb] if base.startswith("rabbitmq") or base.startswith("fanout") else []) \
+            + ([ns] if base.startswith("nats") else [])
         total = sum(x for x in relevant if x is not None)
         bound = f"{2e6 / total:,.0f}" if total and "-r" not in n else "–"  # open loop: mostly idle
-        L.append(f"| {n} | {fmt(g, 1)} | {fmt(br, 1)} | {fmt(k, 1)} | {fmt(rb, 1)} | {total:,.1f} | "
+        L.append(f"| {n} | {fmt(g, 1)} | {fmt(br, 1)} | {fmt(k, 1)} | {fmt(rb, 1)} | {fmt(ns, 1)} | {total:,.1f} | "
                  f"{bound} |")
     L.append("")
     L.append("The total counts only the processes on the path of that run (no broker for the discard sink).")
     L.append("")
+
+    L.extend(goref_section(r))
 
     # ---- micro
     L.append("## Micro-benchmarks (criterion, `cargo bench --bench verify`)")
@@ -339,13 +379,62 @@ def write_markdown(r, out_md, svg_name):
 
     L.append("## Rerun")
     L.append("")
-    L.append("`bench/run.sh` (about 10 minutes; needs Java 17+ and Maven for Kafka, Debian's rabbitmq-server, "
-             "Python 3). Results land in `bench/results/*.json`; `bench/report.py bench/results BENCHMARKS.md "
+    L.append("`bench/run.sh` (about 12 minutes; needs Java 17+ and Maven for Kafka, Debian's rabbitmq-server, "
+             "Go for nats-server, Python 3; `BENCH_SCENARIOS=nats` runs one scenario without touching this file). Results land in `bench/results/*.json`; `bench/report.py bench/results BENCHMARKS.md "
              "bench/latency.svg` rewrites this file from them. `bench/configs/` holds the bridge configs. "
              "`hookbridge bench --help` runs the load generator against any deployment.")
     L.append("")
     with open(out_md, "w") as f:
         f.write("\n".join(L))
+
+
+def goref_section(r):
+    """hookbridge against the hand-written Go peer (bench/goref), run by run in the same sitting."""
+    if not r.bench("goref-kafka-c64") and not r.bench("goref-rabbitmq-c64"):
+        return []
+    L = ["## Against a hand-written Go peer", ""]
+    L.append("`bench/goref` is what a careful engineer would write by hand: Go's net/http, stripe-go's "
+             "`webhook.ConstructEventWithOptions` to verify and parse, then franz-go (`acks=all`, idempotent, "
+             "linger 1 ms, no compression) or amqp091-go (persistent, mandatory, publisher confirms, one publish "
+             "per channel at a time), answering 200 only after the broker confirmed. Each load point ran against "
+             "the bridge and then against the Go peer, both processes up, same load generator, events, topic and "
+             "queue. Ratios are hookbridge / Go: above 1 is better for throughput, below 1 better for latency, "
+             "CPU and memory.")
+    L.append("")
+    L.append("| sink | figure | hookbridge | Go peer | hookbridge / Go |")
+    L.append("| --- | --- | ---: | ---: | ---: |")
+
+    def row(sink, what, mine, theirs, digits=2):
+        if mine is None or theirs is None:
+            return
+        ratio = f"{mine / theirs:.2f}" if theirs else "–"
+        L.append(f"| {sink} | {what} | {fmt(float(mine), digits)} | {fmt(float(theirs), digits)} | {ratio} |")
+
+    for sink in ("kafka", "rabbitmq"):
+        for c in r.conc:
+            b, g = r.bench(f"{sink}-c{c}"), r.bench(f"goref-{sink}-c{c}")
+            if b and g:
+                row(sink, f"req/s at concurrency {c}", b["requests_per_sec"], g["requests_per_sec"], 0)
+                row(sink, f"p50 / p99 ms at concurrency {c}", b["latency_ms"]["p50"], g["latency_ms"]["p50"])
+                row(sink, "", b["latency_ms"]["p99"], g["latency_ms"]["p99"])
+        for rate in r.rates():
+            b, g = r.bench(f"{sink}-r{rate}"), r.bench(f"goref-{sink}-r{rate}")
+            if b and g:
+                row(sink, f"p50 ms at {rate}/s", b["latency_ms"]["p50"], g["latency_ms"]["p50"])
+                row(sink, f"p99 ms at {rate}/s", b["latency_ms"]["p99"], g["latency_ms"]["p99"])
+        for c in r.conc:
+            row(sink, f"CPU µs per event at concurrency {c}",
+                (cpu_per_1000(r.proc(f"{sink}-c{c}")) or 0) * 1000 or None,
+                (cpu_per_1000(r.proc(f"goref-{sink}-c{c}")) or 0) * 1000 or None, 1)
+        peaks = [(r.proc(n) or {}).get("peak_rss_kib") for n in (f"{sink}-c{c}" for c in r.conc)]
+        gpeaks = [(r.proc(n) or {}).get("peak_rss_kib") for n in (f"goref-{sink}-c{c}" for c in r.conc)]
+        if all(peaks) and all(gpeaks):
+            row(sink, "peak RSS MiB under load", max(peaks) / MIB, max(gpeaks) / MIB, 1)
+        i, gi = r.idle(sink), r.idle(f"goref-{sink}")
+        if i and gi:
+            row(sink, "idle RSS MiB", i["idle_rss_kib"] / MIB, gi["idle_rss_kib"] / MIB, 1)
+    L.append("")
+    return L
 
 
 def soak_section():
@@ -424,7 +513,7 @@ def write_svg(r, out_svg):
            f'<text x="{W / 2}" y="24" text-anchor="middle" font-size="15">hookbridge: latency percentiles against '
            f'throughput, 4 KiB events ({r.run.get("started", "")[:10]}, {r.run.get("commit", "")[:8]})</text>']
     for (s, label), (ox, oy) in zip(SCENARIOS, origins):
-        runs = [(n, b) for n, b, _ in r.runs(s) if b and "linger" not in n]
+        runs = [(n, b) for n, b, _ in r.runs(s) if b and "linger" not in n and not n.startswith("goref")]
         ceils = [(t, r.bench(f"{s}-ceiling-{t}")) for t in [f"c{c}" for c in r.conc] + [f"r{r.rate}"]]
         ceils = [(c, b) for c, b in ceils if b]
         xs = [b["requests_per_sec"] for _, b in runs] + [b["messages_per_sec"] for _, b in ceils]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything hookbridge needs to build and to run its tests on a fresh Debian machine:
-# system packages (for rdkafka's build and RabbitMQ), the Kafka broker jars, and Stripe's
-# official SDKs (the interop reference). Idempotent: a second run only checks.
+# system packages (for rdkafka's build and RabbitMQ), the Kafka broker jars, nats-server (built
+# with go install), and Stripe's official SDKs (the interop reference). Idempotent: a second run only checks.
 #
 #   scripts/setup.sh                # everything (scripts/test.sh calls this)
 #   scripts/setup.sh --build-only   # only what building hookbridge needs (scripts/run.sh)
@@ -47,6 +47,8 @@ log "Kafka broker jars"
 "$here/deploy/local/kafka.sh" fetch
 log "RabbitMQ server"
 "$here/deploy/local/rabbitmq.sh" install
+log "nats-server (go install, cached; for tests/it/nats.rs)"
+"$here/deploy/local/nats.sh" install >/dev/null
 log "Stripe SDKs"
 "$here/deploy/local/stripe-sdk.sh"
 log "stripe-mock (Stripe's API mock, for tests/it/replay.rs)"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test on a fresh machine or an old one: sets everything up first (scripts/setup.sh:
 # system packages, broker jars, Stripe's SDKs, Helm and the checking tools; idempotent, a few
-# seconds when all is there), starts a real Kafka and a real RabbitMQ on 127.0.0.1 (leaving them
-# running for the next run), then runs the whole cargo test suite (unit, integration, and the
+# seconds when all is there), starts a real Kafka, a real RabbitMQ and a real nats-server on
+# 127.0.0.1 (leaving them running for the next run), then runs the whole cargo test suite (unit, integration, and the
 # benches once in test mode). Tests that need a broker fail, loudly, when it is missing; none is
 # skipped. Ends with one line: "N passed, N failed".
 #
@@ -14,6 +14,7 @@ cd "$here"
 "$here/scripts/setup.sh"
 "$here/deploy/local/kafka.sh" start
 "$here/deploy/local/rabbitmq.sh" start
+"$here/deploy/local/nats.sh" start           # nats-server with JetStream, for tests/it/nats.rs
 "$here/deploy/local/stripe-mock.sh" start   # Stripe's API mock, for tests/it/replay.rs
 
 log="$(mktemp)"

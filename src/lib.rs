@@ -11,9 +11,9 @@
 //! - [`route`]: globs, filters (livemode, account, endpoint), destination templates, the
 //!   first-match route table and the dead-letter targets.
 //! - [`sink`]: the `Sink` trait, its error classes, the one enum of sink kinds with the
-//!   `SinkConfig` trait each kind's config implements, the kafka, rabbitmq, file, discard and
-//!   in-memory sinks (each module owning its config, validation and construction), and the
-//!   optional CloudEvents headers.
+//!   `SinkConfig` trait each kind's config implements, the kafka, rabbitmq, nats, file, discard
+//!   and in-memory sinks (each module owning its config, validation and construction), the TLS
+//!   client config they share, and the optional CloudEvents headers.
 //! - [`dedup`]: the bounded window of event ids already published.
 //! - [`http`]: the accept loop, the webhook handler, the admin port and the error→response mapping.
 //! - [`logging`]: log lines capped by bytes.

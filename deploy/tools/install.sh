@@ -7,6 +7,8 @@
 #
 #   promtool             Prometheus' rule checker and rule unit tester (go install, Go module proxy)
 #   actionlint           GitHub Actions workflow checker (go install, Go module proxy)
+#   nats-server          NATS server with JetStream, for the NATS sink's tests (go install, Go module
+#                        proxy; deploy/local/nats.sh runs it)
 #   kubernetes-validate  offline validator with the Kubernetes OpenAPI schemas of many releases
 #                        bundled (PyPI, in a venv under the cache)
 #
@@ -21,12 +23,14 @@ log() { echo "install-tools: $*" >&2; }
 declare -A go_tools=(
   [promtool]="github.com/prometheus/prometheus/cmd/promtool@${PROMTOOL_VERSION:-v0.316.0}"
   [actionlint]="github.com/rhysd/actionlint/cmd/actionlint@${ACTIONLINT_VERSION:-v1.7.12}"
+  [nats-server]="github.com/nats-io/nats-server/v2@${NATS_SERVER_VERSION:-v2.15.2}"
 )
 # Build tags per tool. promtool without Prometheus' service-discovery plugins (cloud SDKs, which
 # `check rules` and `test rules` never use) builds in a fraction of the time.
 declare -A go_tags=(
   [promtool]="remove_all_sd"
   [actionlint]=""
+  [nats-server]=""
 )
 kv_version="${KUBERNETES_VALIDATE_VERSION:-1.37.0}"
 
@@ -66,10 +70,10 @@ install_kubernetes_validate() {
   echo "$exe"
 }
 
-[ $# -gt 0 ] || { log "usage: $0 promtool|actionlint|kubernetes-validate..."; exit 2; }
+[ $# -gt 0 ] || { log "usage: $0 promtool|actionlint|nats-server|kubernetes-validate..."; exit 2; }
 for tool in "$@"; do
   case "$tool" in
-    promtool | actionlint) install_go_tool "$tool" ;;
+    promtool | actionlint | nats-server) install_go_tool "$tool" ;;
     kubernetes-validate) install_kubernetes_validate ;;
     *) log "unknown tool $tool"; exit 2 ;;
   esac

@@ -21,7 +21,6 @@ pub use crate::sink::SinkSettings;
 pub use raw::RawConfig;
 
 use crate::route::{Filters, Glob, Route, Router, Target, Template};
-use crate::sink::Destination;
 
 /// The default config path when neither `--config` nor `$HOOKBRIDGE_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "config/hookbridge.yaml";
@@ -589,25 +588,22 @@ fn validate_target(tpath: &str, t: &raw::RawTarget, sinks: &[SinkSettings], p: &
         return None;
     };
     let kind = sinks[index].config.kind();
-    let destination = sinks[index].config.config().destination();
-    let (key, other_key) = destination.keys();
-    let (field, other) = match destination {
-        Destination::Topic => (&t.topic, &t.routing_key),
-        Destination::RoutingKey => (&t.routing_key, &t.topic),
-    };
-    let value = match (field, other) {
-        (Some(value), None) => value,
-        (_, Some(_)) => {
-            p.push(
-                format!("{tpath}.{other_key}"),
-                format!("a {kind} sink takes `{key}`, not `{other_key}`"),
-            );
-            return None;
-        }
-        (None, None) => {
-            p.push(format!("{tpath}.{key}"), format!("a {kind} sink needs a `{key}`"));
-            return None;
-        }
+    let key = sinks[index].config.config().destination().key();
+    let given = [
+        ("topic", &t.topic),
+        ("routing_key", &t.routing_key),
+        ("subject", &t.subject),
+    ];
+    if let Some((other, _)) = given.iter().find(|(f, v)| v.is_some() && *f != key) {
+        p.push(
+            format!("{tpath}.{other}"),
+            format!("a {kind} sink takes `{key}`, not `{other}`"),
+        );
+        return None;
+    }
+    let Some(value) = given.iter().find(|(f, _)| *f == key).and_then(|(_, v)| v.as_ref()) else {
+        p.push(format!("{tpath}.{key}"), format!("a {kind} sink needs a `{key}`"));
+        return None;
     };
     match Template::parse(value) {
         Ok(destination) => Some(Target {

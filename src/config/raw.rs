@@ -211,6 +211,8 @@ pub struct RawTarget {
     pub topic: Option<String>,
     /// Routing key template, for rabbitmq sinks.
     pub routing_key: Option<String>,
+    /// Subject template, for nats sinks.
+    pub subject: Option<String>,
 }
 
 /// Duplicate suppression: an event id published within the window is answered 200 and not
@@ -288,7 +290,7 @@ fn opt_one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>
 }
 
 /// One string or a list of strings, as a list; `expected` is the error otherwise.
-fn strings<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result<Vec<String>, D::Error> {
+pub(crate) fn strings<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Raw {

@@ -294,6 +294,8 @@ fn the_reference_config_documents_every_key() {
         "kind: rabbitmq",
         "kind: file",
         "kind: discard",
+        "kind: nats",
+        "subject",
         "fsync:",
         "delay:",
         "routes:",
@@ -343,7 +345,7 @@ fn the_commented_sinks_of_the_reference_config_are_valid() {
             if !l.is_empty() && !l.starts_with(' ') && !l.starts_with('#') {
                 in_sinks = l.starts_with("sinks:");
             }
-            let starts_block = ["  # events:", "  # amqp:", "  # dryrun:"]
+            let starts_block = ["  # events:", "  # amqp:", "  # js:", "  # dryrun:"]
                 .iter()
                 .any(|b| l.starts_with(b));
             if in_sinks && (starts_block || l.starts_with("  #   ")) {
@@ -360,9 +362,10 @@ fn the_commented_sinks_of_the_reference_config_are_valid() {
     figment::Jail::expect_with(|jail| {
         jail.set_env("KAFKA_SASL_PASSWORD", "x");
         jail.set_env("RABBITMQ_PASSWORD", "y");
+        jail.set_env("NATS_PASSWORD", "z");
         let s = validate(parse_str(&uncommented).map_err(|e| e.to_string())?).map_err(|p| format!("{p:?}"))?;
         let kinds: Vec<_> = s.sinks.iter().map(|s| s.config.kind()).collect();
-        assert_eq!(kinds, ["rabbitmq", "discard", "kafka", "file"]);
+        assert_eq!(kinds, ["rabbitmq", "discard", "kafka", "nats", "file"]);
         Ok(())
     });
 }
@@ -507,4 +510,21 @@ fn bad_route_filters_and_dead_letters_name_their_key() {
     );
     let p = problems(&FILTERED.replace("dead_letter: { sink: amqp", "dead_letters: { sink: amqp"));
     assert!(has(&p, "dead_letters"), "{p:?}");
+}
+
+/// The benchmark's configs (`bench/configs/`, one per scenario) are real configs too.
+#[test]
+fn every_bench_config_is_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/configs");
+    let mut seen = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    seen.sort();
+    assert!(seen.iter().any(|f| f == "nats.yaml"), "{seen:?}");
+    assert!(seen.len() >= 6, "{seen:?}");
 }

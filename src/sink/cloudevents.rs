@@ -17,7 +17,8 @@
 //!
 //! Header names follow each protocol binding: Kafka `ce_id`, `ce_source`, … (kafka protocol
 //! binding); AMQP `cloudEvents:id`, … in the application properties, i.e. RabbitMQ's message
-//! headers (AMQP protocol binding); the file sink uses the Kafka names. Every value is written
+//! headers (AMQP protocol binding); NATS `ce-id`, `ce-source`, … (NATS protocol binding, binary
+//! content mode); the file sink uses the Kafka names. Every value is written
 //! in its canonical string form, which both bindings allow.
 
 use serde::Deserialize;
@@ -43,6 +44,8 @@ pub enum Binding {
     Kafka,
     /// `cloudEvents:` + attribute name.
     Amqp,
+    /// `ce-` + attribute name (NATS protocol binding, binary content mode).
+    Nats,
 }
 
 /// The CloudEvents version written in `specversion`.
@@ -67,6 +70,15 @@ const KAFKA: Names = Names {
     subject: "ce_subject",
 };
 
+const NATS: Names = Names {
+    id: "ce-id",
+    source: "ce-source",
+    specversion: "ce-specversion",
+    event_type: "ce-type",
+    time: "ce-time",
+    subject: "ce-subject",
+};
+
 const AMQP: Names = Names {
     id: "cloudEvents:id",
     source: "cloudEvents:source",
@@ -83,6 +95,7 @@ pub fn headers(envelope: &Envelope, binding: Binding) -> Vec<(&'static str, Stri
     let names = match binding {
         Binding::Kafka => &KAFKA,
         Binding::Amqp => &AMQP,
+        Binding::Nats => &NATS,
     };
     let mut h = Vec::with_capacity(6);
     h.push((names.id, meta.id.clone()));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use super::{amqp, discard, file, kafka, Sink};
+use super::{amqp, discard, file, kafka, nats, Sink};
 use crate::fields::Problems;
 
 /// Any error, boxed: each sink builds with errors of its own type.
@@ -26,6 +26,8 @@ pub enum SinkKind {
     Rabbitmq(amqp::config::RabbitMqSinkConfig),
     File(file::FileSinkConfig),
     Discard(discard::DiscardSinkConfig),
+    /// Boxed: by far the largest config, and sinks are few.
+    Nats(Box<nats::config::NatsSinkConfig>),
 }
 
 impl SinkKind {
@@ -36,10 +38,11 @@ impl SinkKind {
             SinkKind::Rabbitmq(c) => c,
             SinkKind::File(c) => c,
             SinkKind::Discard(c) => c,
+            SinkKind::Nats(c) => c.as_ref(),
         }
     }
 
-    /// `kafka`, `rabbitmq`, `file`, `discard`: the `kind:` of the config.
+    /// `kafka`, `rabbitmq`, `nats`, `file`, `discard`: the `kind:` of the config.
     pub fn kind(&self) -> &'static str {
         self.config().kind()
     }
@@ -52,20 +55,18 @@ pub enum Destination {
     Topic,
     /// `routing_key` (RabbitMQ).
     RoutingKey,
+    /// `subject` (NATS).
+    Subject,
 }
 
 impl Destination {
-    /// The config key of this field, and of the other one.
-    pub fn keys(self) -> (&'static str, &'static str) {
-        match self {
-            Destination::Topic => ("topic", "routing_key"),
-            Destination::RoutingKey => ("routing_key", "topic"),
-        }
-    }
-
     /// The config key of this field.
     pub fn key(self) -> &'static str {
-        self.keys().0
+        match self {
+            Destination::Topic => "topic",
+            Destination::RoutingKey => "routing_key",
+            Destination::Subject => "subject",
+        }
     }
 }
 
@@ -178,6 +179,7 @@ mod tests {
             ("kind: rabbitmq\nurl: amqp://h/\nexchange: e", "rabbitmq"),
             ("kind: file\npath: out.jsonl", "file"),
             ("kind: discard", "discard"),
+            ("kind: nats\nservers: h:4222", "nats"),
         ] {
             let sink: SinkKind = figment::Figment::new()
                 .merge(<figment::providers::Yaml as figment::providers::Format>::string(yaml))

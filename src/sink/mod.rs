@@ -24,6 +24,15 @@ pub mod kafka;
 pub mod kafka {
     pub mod config;
 }
+#[cfg(feature = "nats")]
+pub mod nats;
+/// A build without the `nats` feature keeps only the `nats` sink's config, so that a config
+/// naming that sink gets a clear error.
+#[cfg(not(feature = "nats"))]
+pub mod nats {
+    pub mod config;
+}
+pub mod tls;
 
 pub use envelope::Envelope;
 pub use kinds::{

@@ -1079,7 +1079,7 @@ fn every_ci_values_file_renders_a_consistent_chart() {
         .iter()
         .map(|v| std::fs::read_to_string(v).unwrap())
         .collect::<String>();
-    for kind in ["kind: kafka", "kind: rabbitmq", "kind: file"] {
+    for kind in ["kind: kafka", "kind: rabbitmq", "kind: nats", "kind: file"] {
         assert!(all.contains(kind), "no ci values file has a sink of {kind}");
     }
     let fanout = render(&ci_values("fanout-values.yaml"), &[]);

@@ -23,6 +23,7 @@ mod http;
 mod interop;
 mod kafka;
 mod kafka_secure;
+mod nats;
 mod properties;
 mod rabbitmq;
 mod rabbitmq_secure;

@@ -1,6 +1,6 @@
 //! Helpers for the tests against the secured listeners of the local brokers: the test
-//! certificates of `deploy/local/certs.sh`, the test users that `deploy/local/kafka.sh` and
-//! `deploy/local/rabbitmq.sh` create, credential files that a test rewrites, and the check that
+//! certificates of `deploy/local/certs.sh`, the test users that `deploy/local/kafka.sh`,
+//! `deploy/local/rabbitmq.sh` and `deploy/local/nats.sh` create, credential files that a test rewrites, and the check that
 //! no secret reached a log line or an answer.
 #![allow(dead_code, clippy::unwrap_used)]
 
@@ -17,6 +17,12 @@ pub const KAFKA_PLAIN_PASSWORD: &str = "hb-plain-secret-9e27";
 pub const AMQP_USER: &str = "hookbridge";
 pub const AMQP_PASSWORD: &str = "hb-amqp-secret-71b0";
 pub const AMQP_CERT_USER: &str = "hookbridge-client";
+/// The test logins of nats.sh: a user and password, an NKey (the seed of its public key
+/// UBEGKYBO…), and the token of the TLS listener.
+pub const NATS_USER: &str = "hookbridge";
+pub const NATS_PASSWORD: &str = "hb-nats-secret-3d7a";
+pub const NATS_NKEY_SEED: &str = "SUAML2SIGHPLEM6WOKU6IUPTPTYVXR2LO6PGBWP753U6VHZEREDF5NQZXY";
+pub const NATS_TOKEN: &str = "hb-nats-token-8c21";
 
 /// The directory of the test certificates, made (or checked) by `deploy/local/certs.sh`, the
 /// same directory the brokers use.

@@ -7,12 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use lapin::options::{ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::tcp::{HandshakeResult, RustlsConnector, RustlsConnectorConfig, TcpStream};
+use lapin::tcp::{HandshakeResult, RustlsConnector, TcpStream};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use super::config::{AmqpTlsConfig, RabbitMqSinkConfig};
 use super::message::{describe, is_not_found};
@@ -162,74 +160,13 @@ fn declare_error(step: impl Into<String>) -> impl FnOnce(lapin::Error) -> Connec
 /// `ca_file` are trusted when it is set (else the system's roots), and the client certificate is
 /// presented when set. An error names the `tls` key at fault.
 pub fn tls_connector(tls: &AmqpTlsConfig) -> Result<RustlsConnector, TlsFileError> {
-    connector(tls).map_err(|(key, message)| TlsFileError { key, message })
-}
-
-fn connector(tls: &AmqpTlsConfig) -> Result<RustlsConnector, (&'static str, String)> {
-    let read = |key: &'static str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| {
-            (
-                key,
-                format!("cannot read {}: {}", path.display(), crate::fields::io_reason(&e)),
-            )
-        })
-    };
-    let identity = match (&tls.cert_file, &tls.key_file) {
-        (Some(cert_file), Some(key_file)) => {
-            let pem = read("cert_file", cert_file)?;
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<_, _>>()
-                .map_err(|_| {
-                    (
-                        "cert_file",
-                        format!("{} is not a PEM certificate chain", cert_file.display()),
-                    )
-                })?;
-            if certs.is_empty() {
-                return Err(("cert_file", format!("{} holds no certificate", cert_file.display())));
-            }
-            let key = PrivateKeyDer::from_pem_slice(&read("key_file", key_file)?)
-                .map_err(|_| ("key_file", format!("{} is not a PEM private key", key_file.display())))?;
-            Some((certs, key))
-        }
-        _ => None,
-    };
-    let bad_identity = |e: std::io::Error| ("key_file", format!("the key does not fit the certificate: {e}"));
-    let Some(ca_file) = &tls.ca_file else {
-        let roots = RustlsConnectorConfig::new_with_native_certs()
-            .map_err(|e| ("ca_file", format!("cannot load the system's CA certificates: {e}")))?;
-        return match identity {
-            Some((certs, key)) => roots.connector_with_single_cert(certs, key).map_err(bad_identity),
-            None => Ok(roots.connector_with_no_client_auth()),
-        };
-    };
-    let pem = read("ca_file", ca_file)?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|_| {
-            (
-                "ca_file",
-                format!("{} is not a PEM certificate file", ca_file.display()),
-            )
-        })?;
-        roots
-            .add(cert)
-            .map_err(|e| ("ca_file", format!("{}: {e}", ca_file.display())))?;
-    }
-    if roots.is_empty() {
-        return Err(("ca_file", format!("{} holds no certificate", ca_file.display())));
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ("ca_file", format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots);
-    let config = match identity {
-        Some((certs, key)) => builder
-            .with_client_auth_cert(certs, key)
-            .map_err(|e| ("key_file", format!("the key does not fit the certificate: {e}")))?,
-        None => builder.with_no_client_auth(),
-    };
-    Ok(RustlsConnector::from(config))
+    crate::sink::tls::client_config(
+        tls.ca_file.as_deref(),
+        tls.cert_file.as_deref(),
+        tls.key_file.as_deref(),
+    )
+    .map(RustlsConnector::from)
+    .map_err(|(key, message)| TlsFileError { key, message })
 }
 
 /// Opens the TCP connection and, for `amqps://`, the TLS session with `connector` (lapin's own

@@ -1,0 +1,15 @@
+module hookbridge/bench/goref
+
+go 1.26.0
+
+require (
+	github.com/rabbitmq/amqp091-go v1.16.0
+	github.com/stripe/stripe-go/v82 v82.5.1
+	github.com/twmb/franz-go v1.22.3
+)
+
+require (
+	github.com/klauspost/compress v1.20.3 // indirect
+	github.com/pierrec/lz4/v4 v4.1.33 // indirect
+	github.com/twmb/franz-go/pkg/kmsg v1.15.1 // indirect
+)
