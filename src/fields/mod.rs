@@ -91,6 +91,21 @@ pub struct NotADuration {
     source: humantime::DurationError,
 }
 
+/// One string or a list of strings, as a list; `expected` is the error otherwise.
+pub fn strings<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Raw::deserialize(d) {
+        Ok(Raw::One(s)) => Ok(vec![s]),
+        Ok(Raw::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(expected)),
+    }
+}
+
 /// A scalar option value (string, number or boolean) kept as text, e.g. librdkafka properties.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Scalar(pub String);
