@@ -72,7 +72,7 @@ pub enum StartError {
     #[error("{0}")]
     Sink(#[from] crate::sink::BuildError),
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] crate::tls::TlsError),
     /// A secret or credential file the config names cannot be read: a config error.
     #[error("{}", crate::config::ConfigError::join(.0))]
     Unreadable(Vec<crate::config::Problem>),
@@ -128,8 +128,8 @@ fn serve_with(
         gate: None,
     };
     if let Some(tls) = &settings.http.tls {
-        let cert = Arc::new(crate::tls::ReloadingCert::new(&tls.cert_file, &tls.key_file).map_err(StartError::Tls)?);
-        webhook_options.tls = Some(crate::tls::acceptor(cert.clone()).map_err(StartError::Tls)?);
+        let cert = Arc::new(crate::tls::ReloadingCert::new(&tls.cert_file, &tls.key_file)?);
+        webhook_options.tls = Some(crate::tls::acceptor(cert.clone())?);
         state.tls = Some(cert);
     }
     let state = Arc::new(state);

@@ -11,15 +11,41 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
+/// Why the certificate or key cannot be served. Names files, never key material.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {}", .path.display(), crate::fields::io_reason(.source))]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} is not a PEM certificate chain", .0.display())]
+    NotCertificates(PathBuf),
+    #[error("{} holds no certificate", .0.display())]
+    NoCertificate(PathBuf),
+    #[error("{} is not a PEM private key", .0.display())]
+    NotKey(PathBuf),
+    #[error("the key in {} is of an unsupported type", .0.display())]
+    UnsupportedKey(PathBuf),
+    #[error("the key in {} does not match the certificate in {}", .key.display(), .cert.display())]
+    Mismatch { key: PathBuf, cert: PathBuf },
+    #[error("TLS setup failed: {0}")]
+    Setup(#[source] rustls::Error),
+}
+
 /// Reads a PEM certificate chain and private key into a key rustls can serve.
-pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, String> {
+pub fn load_certified_key(cert_file: &Path, key_file: &Path) -> Result<Arc<CertifiedKey>, TlsError> {
     let (cert_pem, key_pem) = read_pair(cert_file, key_file)?;
     certified_key(&cert_pem, &key_pem, cert_file, key_file)
 }
 
-fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), String> {
+fn read_pair(cert_file: &Path, key_file: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| format!("cannot read {}: {}", p.display(), crate::fields::io_reason(&e)))
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
     };
     Ok((read(cert_file)?, read(key_file)?))
 }
@@ -29,25 +55,21 @@ fn certified_key(
     key_pem: &[u8],
     cert_file: &Path,
     key_file: &Path,
-) -> Result<Arc<CertifiedKey>, String> {
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
-        .map_err(|_| format!("{} is not a PEM certificate chain", cert_file.display()))?;
+        .map_err(|_| TlsError::NotCertificates(cert_file.to_path_buf()))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no certificate", cert_file.display()));
+        return Err(TlsError::NoCertificate(cert_file.to_path_buf()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key_pem)
-        .map_err(|_| format!("{} is not a PEM private key", key_file.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|_| TlsError::NotKey(key_file.to_path_buf()))?;
     let signing_key = rustls::crypto::ring::sign::any_supported_type(&key)
-        .map_err(|_| format!("the key in {} is of an unsupported type", key_file.display()))?;
+        .map_err(|_| TlsError::UnsupportedKey(key_file.to_path_buf()))?;
     let key = CertifiedKey::new(certs, signing_key);
     // A renewal caught between writing the certificate and the key must not be served.
-    key.keys_match().map_err(|_| {
-        format!(
-            "the key in {} does not match the certificate in {}",
-            key_file.display(),
-            cert_file.display()
-        )
+    key.keys_match().map_err(|_| TlsError::Mismatch {
+        key: key_file.to_path_buf(),
+        cert: cert_file.to_path_buf(),
     })?;
     Ok(Arc::new(key))
 }
@@ -71,7 +93,7 @@ impl std::fmt::Debug for ReloadingCert {
 }
 
 impl ReloadingCert {
-    pub fn new(cert_file: &Path, key_file: &Path) -> Result<Self, String> {
+    pub fn new(cert_file: &Path, key_file: &Path) -> Result<Self, TlsError> {
         let (cert_pem, key_pem) = read_pair(cert_file, key_file)?;
         let key = certified_key(&cert_pem, &key_pem, cert_file, key_file)?;
         Ok(ReloadingCert {
@@ -84,7 +106,7 @@ impl ReloadingCert {
 
     /// Re-reads the files; swaps the certificate when they changed and are valid. Returns whether
     /// it swapped. An invalid new pair keeps the old certificate and is reported as an error.
-    pub fn reload_if_changed(&self) -> Result<bool, String> {
+    pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
         let (cert_pem, key_pem) = read_pair(&self.cert_file, &self.key_file)?;
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         if loaded.0 == cert_pem && loaded.1 == key_pem {
@@ -104,11 +126,11 @@ impl ResolvesServerCert for ReloadingCert {
 }
 
 /// A TLS acceptor (TLS 1.2 and 1.3, HTTP/1.1) serving the resolver's current certificate.
-pub fn acceptor(resolver: Arc<ReloadingCert>) -> Result<TlsAcceptor, String> {
+pub fn acceptor(resolver: Arc<ReloadingCert>) -> Result<TlsAcceptor, TlsError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup failed: {e}"))?
+        .map_err(TlsError::Setup)?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];

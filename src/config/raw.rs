@@ -282,24 +282,9 @@ fn default_log_level() -> String {
 }
 
 fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    strings(d, "expected a glob string or a list of glob strings")
+    crate::fields::strings(d, "expected a glob string or a list of glob strings")
 }
 
 fn opt_one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<String>>, D::Error> {
-    strings(d, "expected a string or a list of strings").map(Some)
-}
-
-/// One string or a list of strings, as a list; `expected` is the error otherwise.
-pub(crate) fn strings<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        One(String),
-        Many(Vec<String>),
-    }
-    match Raw::deserialize(d) {
-        Ok(Raw::One(s)) => Ok(vec![s]),
-        Ok(Raw::Many(v)) => Ok(v),
-        Err(_) => Err(serde::de::Error::custom(expected)),
-    }
+    crate::fields::strings(d, "expected a string or a list of strings").map(Some)
 }

@@ -75,9 +75,35 @@ pub fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>,
 }
 
 /// Parses `300s`, `5s`, `250ms`, `1m30s`.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|_| format!("`{text}` is not a duration; write it like 300s, 5s or 250ms"))
+pub fn parse_duration(text: &str) -> Result<Duration, NotADuration> {
+    humantime::parse_duration(text.trim()).map_err(|source| NotADuration {
+        text: text.to_string(),
+        source,
+    })
+}
+
+/// A duration field that does not read as one.
+#[derive(Debug, thiserror::Error)]
+#[error("`{text}` is not a duration; write it like 300s, 5s or 250ms")]
+pub struct NotADuration {
+    text: String,
+    #[source]
+    source: humantime::DurationError,
+}
+
+/// One string or a list of strings, as a list; `expected` is the error otherwise.
+pub fn strings<'de, D: Deserializer<'de>>(d: D, expected: &str) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    match Raw::deserialize(d) {
+        Ok(Raw::One(s)) => Ok(vec![s]),
+        Ok(Raw::Many(v)) => Ok(v),
+        Err(_) => Err(serde::de::Error::custom(expected)),
+    }
 }
 
 /// A scalar option value (string, number or boolean) kept as text, e.g. librdkafka properties.

@@ -60,6 +60,19 @@ impl SinkConfig for FileSinkConfig {
     }
 }
 
+/// Why the file sink could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("cannot open {path}: {}", crate::fields::io_reason(.source))]
+    Open {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
 /// How many records may wait for the writer before `publish` itself waits.
 const QUEUE: usize = 4096;
 
@@ -101,7 +114,7 @@ impl Serialize for Headers<'_> {
 
 impl FileSink {
     /// Opens (creates, appends to) the file, or uses stdout for `-`.
-    pub fn open(name: &str, config: &FileSinkConfig) -> Result<Self, String> {
+    pub fn open(name: &str, config: &FileSinkConfig) -> Result<Self, OpenError> {
         let out: Box<dyn Output> = if config.path == "-" {
             Box::new(Stdout)
         } else {
@@ -109,7 +122,10 @@ impl FileSink {
                 .create(true)
                 .append(true)
                 .open(&config.path)
-                .map_err(|e| format!("cannot open {}: {}", config.path, crate::fields::io_reason(&e)))?;
+                .map_err(|source| OpenError::Open {
+                    path: config.path.clone(),
+                    source,
+                })?;
             Box::new(AppendFile {
                 file,
                 fsync: config.fsync,
@@ -126,7 +142,7 @@ impl FileSink {
                 writer(out, rx);
                 alive2.store(false, Ordering::SeqCst);
             })
-            .map_err(|e| format!("cannot start writer thread: {e}"))?;
+            .map_err(OpenError::Thread)?;
         Ok(FileSink {
             name: name.to_string(),
             tx,

@@ -930,7 +930,7 @@ fn a_certificate_with_the_wrong_key_is_refused() {
     let (_cert_b, key_b) = openssl_cert(dir.path(), "b");
     assert!(hookbridge::tls::load_certified_key(&cert_a, &key_a).is_ok());
     let err = hookbridge::tls::load_certified_key(&cert_a, &key_b).unwrap_err();
-    assert!(err.contains("does not match"), "{err}");
+    assert!(err.to_string().contains("does not match"), "{err}");
 }
 
 /// A signed request whose body is sent in two halves: the head and the first half now; the

@@ -135,8 +135,8 @@ impl RabbitMqSinkConfig {
         }
         #[cfg(feature = "amqp")]
         if let Some(tls) = &self.tls {
-            if let Err((key, e)) = super::tls_connector(tls) {
-                problems.push(format!("{path}.tls.{key}"), e);
+            if let Err(e) = super::tls_connector(tls) {
+                problems.push(format!("{path}.tls.{}", e.key), e.to_string());
             }
         }
     }
@@ -153,7 +153,7 @@ impl RabbitMqSinkConfig {
         if !(self.url.starts_with("amqp://") || self.url.starts_with("amqps://")) {
             problems.push(format!("{path}.url"), "must start with amqp:// or amqps://");
         } else if let Err(e) = parse_url(&self.url) {
-            problems.push(format!("{path}.url"), e);
+            problems.push(format!("{path}.url"), e.to_string());
         }
         if let Some(source) = &self.password {
             if url_has_password(&self.url) {
@@ -331,16 +331,21 @@ impl SinkConfig for RabbitMqSinkConfig {
 
 /// Checks the URL the way the client will read it, without echoing it (it may hold a password).
 #[cfg(feature = "amqp")]
-fn parse_url(url: &str) -> Result<(), String> {
+fn parse_url(url: &str) -> Result<(), BadUrl> {
     url.parse::<lapin::uri::AMQPUri>()
         .map(|_| ())
-        .map_err(|e| format!("is not a valid AMQP URL ({})", e.replace(url, "<url>")))
+        .map_err(|e| BadUrl(e.replace(url, "<url>")))
 }
 
 #[cfg(not(feature = "amqp"))]
-fn parse_url(_url: &str) -> Result<(), String> {
+fn parse_url(_url: &str) -> Result<(), BadUrl> {
     Ok(())
 }
+
+/// What the AMQP client says of a URL, with the URL itself replaced by `<url>`.
+#[derive(Debug, thiserror::Error)]
+#[error("is not a valid AMQP URL ({0})")]
+struct BadUrl(String);
 
 /// Whether `url`'s authority holds `user:password@`.
 pub fn url_has_password(url: &str) -> bool {

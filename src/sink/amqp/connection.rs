@@ -100,10 +100,8 @@ impl Conn {
 /// `connect_timeout`; without a TCP timeout of its own, each attempt against an address that drops
 /// packets would leave a thread waiting minutes for the kernel to give up. So the URL's
 /// `connection_timeout` defaults to `connect_timeout`.
-pub fn parse_uri(url: &str, connect_timeout: Duration) -> Result<AMQPUri, String> {
-    let mut uri: AMQPUri = url
-        .parse()
-        .map_err(|e: String| format!("invalid url: {}", e.replace(url, "<url>")))?;
+pub fn parse_uri(url: &str, connect_timeout: Duration) -> Result<AMQPUri, InvalidUrl> {
+    let mut uri: AMQPUri = url.parse().map_err(|e: String| InvalidUrl(e.replace(url, "<url>")))?;
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = Some(DEFAULT_HEARTBEAT_SECS);
     }
@@ -116,16 +114,59 @@ pub fn parse_uri(url: &str, connect_timeout: Duration) -> Result<AMQPUri, String
     Ok(uri)
 }
 
+/// Why the sink's URL cannot be used; never echoes the URL (it may hold a password).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid url: {0}")]
+pub struct InvalidUrl(String);
+
+/// A `tls` file of the sink that cannot be used, with the key that names it (`ca_file`,
+/// `cert_file`, `key_file`).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct TlsFileError {
+    pub key: &'static str,
+    message: String,
+}
+
+/// Why connecting, or declaring the topology, failed; displayed as the one line that health
+/// checks and logs show.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot connect to {endpoint}: {}", connect_failure(&describe(.source)))]
+    Connect {
+        endpoint: String,
+        #[source]
+        source: lapin::Error,
+    },
+    #[error("cannot connect to {endpoint}: no answer within {}", humantime::format_duration(*.within))]
+    NoAnswer { endpoint: String, within: Duration },
+    #[error("topology not declared within {}", humantime::format_duration(*.within))]
+    NotDeclaredInTime { within: Duration },
+    /// `step` says what was being done, e.g. "cannot declare queue `q`".
+    #[error("{step}: {}", describe(.source))]
+    Declare {
+        step: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+fn declare_error(step: impl Into<String>) -> impl FnOnce(lapin::Error) -> ConnectError {
+    let step = step.into();
+    move |source| ConnectError::Declare { step, source }
+}
+
 /// The TLS connector of an `amqps://` connection from the sink's `tls` settings: only the CAs of
 /// `ca_file` are trusted when it is set (else the system's roots), and the client certificate is
 /// presented when set. An error names the `tls` key at fault.
-pub fn tls_connector(tls: &AmqpTlsConfig) -> Result<RustlsConnector, (&'static str, String)> {
+pub fn tls_connector(tls: &AmqpTlsConfig) -> Result<RustlsConnector, TlsFileError> {
     crate::sink::tls::client_config(
         tls.ca_file.as_deref(),
         tls.cert_file.as_deref(),
         tls.key_file.as_deref(),
     )
     .map(RustlsConnector::from)
+    .map_err(|(key, message)| TlsFileError { key, message })
 }
 
 /// Opens the TCP connection and, for `amqps://`, the TLS session with `connector` (lapin's own
@@ -197,25 +238,23 @@ fn exchange_kind(name: &str) -> ExchangeKind {
 }
 
 /// Connects, declares the topology and opens the first confirm channel, all within `deadline`.
-async fn connect(shared: &Shared, uri: &AMQPUri, config: &RabbitMqSinkConfig) -> Result<Conn, String> {
+async fn connect(shared: &Shared, uri: &AMQPUri, config: &RabbitMqSinkConfig) -> Result<Conn, ConnectError> {
     let deadline = Instant::now() + config.connect_timeout;
     let properties =
         ConnectionProperties::default().with_connection_name(LongString::from(format!("hookbridge/{}", shared.name)));
     let connection = match tokio::time::timeout_at(deadline.into(), open(uri, properties, shared.tls.as_ref())).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => {
-            return Err(format!(
-                "cannot connect to {}: {}",
-                shared.endpoint,
-                connect_failure(&describe(&e))
-            ))
+        Ok(Err(source)) => {
+            return Err(ConnectError::Connect {
+                endpoint: shared.endpoint.clone(),
+                source,
+            })
         }
         Err(_) => {
-            return Err(format!(
-                "cannot connect to {}: no answer within {}",
-                shared.endpoint,
-                humantime::format_duration(config.connect_timeout)
-            ))
+            return Err(ConnectError::NoAnswer {
+                endpoint: shared.endpoint.clone(),
+                within: config.connect_timeout,
+            })
         }
     };
     let wake = shared.wake.clone();
@@ -231,10 +270,9 @@ async fn connect(shared: &Shared, uri: &AMQPUri, config: &RabbitMqSinkConfig) ->
             return Ok(conn);
         }
         Ok(Err(e)) => e,
-        Err(_) => format!(
-            "topology not declared within {}",
-            humantime::format_duration(config.connect_timeout)
-        ),
+        Err(_) => ConnectError::NotDeclaredInTime {
+            within: config.connect_timeout,
+        },
     };
     let _ = conn.close(Instant::now() + Duration::from_secs(1)).await;
     Err(result)
@@ -242,12 +280,12 @@ async fn connect(shared: &Shared, uri: &AMQPUri, config: &RabbitMqSinkConfig) ->
 
 /// Declares the exchange (unless it exists), the queues and their bindings; returns a channel
 /// in confirm mode.
-async fn declare(conn: &Conn, config: &RabbitMqSinkConfig) -> Result<Channel, String> {
+async fn declare(conn: &Conn, config: &RabbitMqSinkConfig) -> Result<Channel, ConnectError> {
     let open = || async {
         conn.connection
             .create_channel()
             .await
-            .map_err(|e| format!("cannot open a channel: {}", describe(&e)))
+            .map_err(declare_error("cannot open a channel"))
     };
     let mut ch = open().await?;
     let exchange = config.exchange.as_str();
@@ -271,10 +309,10 @@ async fn declare(conn: &Conn, config: &RabbitMqSinkConfig) -> Result<Channel, St
                 };
                 ch.exchange_declare(exchange, kind, durable, FieldTable::default())
                     .await
-                    .map_err(|e| format!("cannot declare exchange `{exchange}`: {}", describe(&e)))?;
+                    .map_err(declare_error(format!("cannot declare exchange `{exchange}`")))?;
                 tracing::info!(exchange, exchange_type = %config.exchange_type, "declared the exchange");
             }
-            Err(e) => return Err(format!("cannot check exchange `{exchange}`: {}", describe(&e))),
+            Err(e) => return Err(declare_error(format!("cannot check exchange `{exchange}`"))(e)),
         }
     }
     for q in &config.queues {
@@ -291,7 +329,7 @@ async fn declare(conn: &Conn, config: &RabbitMqSinkConfig) -> Result<Channel, St
         };
         ch.queue_declare(&q.name, options, args)
             .await
-            .map_err(|e| format!("cannot declare queue `{}`: {}", q.name, describe(&e)))?;
+            .map_err(declare_error(format!("cannot declare queue `{}`", q.name)))?;
         for key in &q.bindings {
             ch.queue_bind(
                 &q.name,
@@ -301,12 +339,15 @@ async fn declare(conn: &Conn, config: &RabbitMqSinkConfig) -> Result<Channel, St
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("cannot bind queue `{}` with key `{key}`: {}", q.name, describe(&e)))?;
+            .map_err(declare_error(format!(
+                "cannot bind queue `{}` with key `{key}`",
+                q.name
+            )))?;
         }
     }
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
-        .map_err(|e| format!("cannot turn on publisher confirms: {}", describe(&e)))?;
+        .map_err(declare_error("cannot turn on publisher confirms"))?;
     Ok(ch)
 }
 
@@ -320,7 +361,7 @@ async fn redeclare(shared: &Shared, conn: &Conn, config: &RabbitMqSinkConfig) {
             tracing::warn!(sink = %shared.name, exchange = %config.exchange, "the exchange had disappeared; declared the topology again");
             return;
         }
-        Ok(Err(error)) => error,
+        Ok(Err(error)) => error.to_string(),
         Err(_) => format!(
             "declaring the topology again took longer than {}",
             humantime::format_duration(config.connect_timeout)
@@ -410,7 +451,7 @@ pub async fn supervise(shared: Arc<Shared>, uri: AMQPUri, config: RabbitMqSinkCo
                 } else {
                     tracing::debug!(sink = %shared.name, error = %message, "RabbitMQ connection attempt failed");
                 }
-                shared.set_error(Some(message));
+                shared.set_error(Some(message.to_string()));
             }
         }
         tokio::select! {
@@ -465,6 +506,6 @@ mod tests {
     #[test]
     fn a_bad_url_error_does_not_echo_it() {
         let err = parse_uri("amqp://user:s3cret@host:notaport/", Duration::from_secs(1)).unwrap_err();
-        assert!(!err.contains("s3cret"), "{err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
     }
 }

@@ -32,9 +32,22 @@ use lapin::options::BasicPublishOptions;
 use tokio::sync::{watch, Notify, Semaphore};
 
 use self::config::{redact_url, RabbitMqSinkConfig};
-pub use self::connection::tls_connector;
 use self::connection::Conn;
+pub use self::connection::{tls_connector, ConnectError, InvalidUrl, TlsFileError};
 use super::{Envelope, Sink, SinkError};
+
+/// Why the sink could not be built (a broker being down is not one of them).
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Url(#[from] connection::InvalidUrl),
+    #[error("password: {0}")]
+    Password(#[source] crate::fields::SecretError),
+    #[error("password: not valid UTF-8")]
+    PasswordNotUtf8,
+    #[error("tls.{}: {}", .0.key, .0)]
+    Tls(#[source] connection::TlsFileError),
+}
 
 /// A confirm still missing this long after its publish is given up on and its channel dropped,
 /// even though the request stopped waiting at `ack_timeout` long before.
@@ -120,16 +133,16 @@ pub struct AmqpSink {
 impl AmqpSink {
     /// Starts the sink and its supervisor. Does not wait for the broker: a broker that is down
     /// is not an error here, the sink connects when it can.
-    pub async fn new(name: &str, config: &RabbitMqSinkConfig, ack_timeout: Duration) -> Result<AmqpSink, String> {
+    pub async fn new(name: &str, config: &RabbitMqSinkConfig, ack_timeout: Duration) -> Result<AmqpSink, BuildError> {
         let mut uri = connection::parse_uri(&config.url, config.connect_timeout)?;
         if let Some(source) = &config.password {
-            let secret = source.load().map_err(|e| format!("password: {e}"))?;
+            let secret = source.load().map_err(BuildError::Password)?;
             uri.authority.userinfo.password =
-                String::from_utf8(secret.expose().to_vec()).map_err(|_| "password: not valid UTF-8".to_string())?;
+                String::from_utf8(secret.expose().to_vec()).map_err(|_| BuildError::PasswordNotUtf8)?;
         }
         let endpoint = format!("{}:{}/{}", uri.authority.host, uri.authority.port, uri.vhost);
         let tls = match &config.tls {
-            Some(tls) => Some(tls_connector(tls).map_err(|(key, e)| format!("tls.{key}: {e}"))?),
+            Some(tls) => Some(tls_connector(tls).map_err(BuildError::Tls)?),
             None => None,
         };
         let (stop, _) = watch::channel(false);

@@ -12,6 +12,39 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
 use crate::sink::{ErrorClass, SinkError};
 
+/// Why the Kafka sink could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Secret(#[from] crate::sink::kafka::config::SecretOptionError),
+    /// librdkafka refused the client config. The reason names the property, never its value:
+    /// rdkafka's own error quotes the value, which may be a password, so it is not kept.
+    #[error("cannot create the kafka producer: {0}")]
+    Producer(String),
+}
+
+/// Why the cluster's `auto.create.topics.enable` could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum AutoCreateError {
+    #[error("metadata request failed: {0}")]
+    Join(#[source] tokio::task::JoinError),
+    #[error("no metadata: {0}")]
+    Metadata(#[source] KafkaError),
+    #[error("the cluster reports no brokers")]
+    NoBrokers,
+    /// The reason names the property, never its value (see [`BuildError::Producer`]).
+    #[error("cannot create an admin client: {0}")]
+    Admin(String),
+    #[error("DescribeConfigs failed: {0}")]
+    Describe(#[source] KafkaError),
+    #[error("DescribeConfigs returned nothing")]
+    Nothing,
+    #[error("DescribeConfigs for broker {broker}: {code:?}")]
+    Refused { broker: i32, code: RDKafkaErrorCode },
+    #[error("the broker config has no auto.create.topics.enable")]
+    NoSetting,
+}
+
 /// The class of an error code.
 pub fn classify_code(code: RDKafkaErrorCode) -> ErrorClass {
     use RDKafkaErrorCode as C;

@@ -24,6 +24,8 @@
 pub mod config;
 pub mod errors;
 
+pub use self::errors::{AutoCreateError, BuildError};
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -248,13 +250,13 @@ impl std::fmt::Debug for KafkaSink {
 impl KafkaSink {
     /// Builds the producer. Fails only on a config librdkafka refuses (e.g. a missing CA file),
     /// never because a broker is down.
-    pub fn new(name: &str, config: &KafkaSinkConfig, ack_timeout: Duration) -> Result<KafkaSink, String> {
+    pub fn new(name: &str, config: &KafkaSinkConfig, ack_timeout: Duration) -> Result<KafkaSink, BuildError> {
         let mut client_config = ClientConfig::new();
         let props = config.properties(ack_timeout);
         for (k, v) in &props {
             client_config.set(k, v);
         }
-        for (k, v) in config.secret_properties().map_err(|e| e.to_string())? {
+        for (k, v) in config.secret_properties()? {
             client_config.set(k, v);
         }
         client_config.set_log_level(RDKafkaLogLevel::Info);
@@ -612,7 +614,7 @@ impl KafkaSink {
         value
     }
 
-    async fn read_cluster_auto_create(&self, producer: &Arc<Producer_>, topic: &str) -> Result<bool, String> {
+    async fn read_cluster_auto_create(&self, producer: &Arc<Producer_>, topic: &str) -> Result<bool, AutoCreateError> {
         let p = producer.clone();
         let topic = topic.to_string();
         let broker = tokio::task::spawn_blocking(move || {
@@ -621,9 +623,9 @@ impl KafkaSink {
                 .map(|m| m.brokers().first().map(|b| b.id()))
         })
         .await
-        .map_err(|e| format!("metadata request failed: {e}"))?
-        .map_err(|e| format!("no metadata: {e}"))?
-        .ok_or("the cluster reports no brokers")?;
+        .map_err(AutoCreateError::Join)?
+        .map_err(AutoCreateError::Metadata)?
+        .ok_or(AutoCreateError::NoBrokers)?;
         let admin = self
             .admin
             .get_or_init(|| {
@@ -637,20 +639,20 @@ impl KafkaSink {
                 AdminClient::from_config_and_context(&config, context).map_err(|e| config_error(&e))
             })
             .as_ref()
-            .map_err(|e| format!("cannot create an admin client: {e}"))?;
+            .map_err(|e| AutoCreateError::Admin(e.clone()))?;
         let options = AdminOptions::new().request_timeout(Some(HEALTH_PROBE_TIMEOUT));
         let resource = admin
             .describe_configs(&[ResourceSpecifier::Broker(broker)], &options)
             .await
-            .map_err(|e| format!("DescribeConfigs failed: {e}"))?
+            .map_err(AutoCreateError::Describe)?
             .into_iter()
             .next()
-            .ok_or("DescribeConfigs returned nothing")?
-            .map_err(|code| format!("DescribeConfigs for broker {broker}: {code:?}"))?;
+            .ok_or(AutoCreateError::Nothing)?
+            .map_err(|code| AutoCreateError::Refused { broker, code })?;
         let value = resource
             .get("auto.create.topics.enable")
             .and_then(|entry| entry.value.as_deref())
-            .ok_or("the broker config has no auto.create.topics.enable")?;
+            .ok_or(AutoCreateError::NoSetting)?;
         Ok(value.eq_ignore_ascii_case("true"))
     }
 
@@ -728,14 +730,14 @@ fn asks_auto_create(value: Option<&str>) -> bool {
 }
 
 /// Builds the sink's producers (see [`Producers`]).
-fn create(name: &str, client_config: &ClientConfig, security: &SecurityFailure) -> Result<Producer_, String> {
-    let build = |config: &ClientConfig| -> Result<Client_, String> {
+fn create(name: &str, client_config: &ClientConfig, security: &SecurityFailure) -> Result<Producer_, BuildError> {
+    let build = |config: &ClientConfig| -> Result<Client_, BuildError> {
         config
             .create_with_context(BridgeContext {
                 sink: name.to_string(),
                 security: security.clone(),
             })
-            .map_err(|e| format!("cannot create the kafka producer: {}", config_error(&e)))
+            .map_err(|e| BuildError::Producer(config_error(&e)))
     };
     let batching = build(client_config)?;
     let immediate = match immediate_config(client_config) {

@@ -139,7 +139,7 @@ fn default_duplicate_window() -> Duration {
 
 /// One URL, a comma-separated list in one string (handy in an environment override), or a list.
 fn servers<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let list = crate::config::raw::strings(d, "expected a server URL or a list of server URLs")?;
+    let list = crate::fields::strings(d, "expected a server URL or a list of server URLs")?;
     Ok(match list.as_slice() {
         [one] => one.split(',').map(|s| s.trim().to_string()).collect(),
         _ => list,
