@@ -224,7 +224,7 @@ pub struct KafkaSink {
     producer: RwLock<Arc<Producer_>>,
     /// Publishes in flight, which picks the lane (see [`IMMEDIATE_BELOW`]).
     in_flight: AtomicUsize,
-    /// Whether the current producer publishes; see [`Progress`].
+    /// Whether the current batching producer publishes; see [`Progress`].
     progress: std::sync::Mutex<Progress>,
     /// Whether the current immediate lane publishes; see [`LaneRecord`].
     immediate: std::sync::Mutex<LaneRecord>,
@@ -467,15 +467,23 @@ impl KafkaSink {
     async fn publish_inner(&self, topic: &str, envelope: &Envelope) -> Result<(), SinkError> {
         let producer = self.current();
         let started = Instant::now();
-        let result = self.send(&producer, topic, envelope).await;
+        let (result, immediate) = self.send(&producer, topic, envelope).await;
         if result.is_err() {
             self.renew_if_fatal(&producer);
         }
-        self.record(&producer, started, &result);
+        if immediate {
+            self.record_immediate(&producer, started, &result);
+        } else {
+            // The batching lane's record: the immediate lane's successes must not hide a stuck
+            // batching producer either.
+            self.record(&producer, started, &result);
+        }
         result.map_err(|e| self.explained(e))
     }
 
-    async fn send(&self, producer: &Arc<Producer_>, topic: &str, envelope: &Envelope) -> Result<(), SinkError> {
+    /// Sends one record and waits for its confirmation; also says whether it took the immediate
+    /// lane.
+    async fn send(&self, producer: &Arc<Producer_>, topic: &str, envelope: &Envelope) -> (Result<(), SinkError>, bool) {
         let ce = match self.headers {
             HeaderMode::Stripe => Vec::new(),
             HeaderMode::Cloudevents => cloudevents::headers(envelope, cloudevents::Binding::Kafka),
@@ -496,12 +504,10 @@ impl KafkaSink {
             .headers(headers);
         let (_counted, before) = Counted::enter(&self.in_flight);
         let immediate = before < IMMEDIATE_BELOW && producer.immediate.is_some() && self.immediate_usable();
-        let started = Instant::now();
-        let result = self.deliver(producer, producer.lane(immediate), record, topic).await;
-        if immediate {
-            self.record_immediate(producer, started, &result);
-        }
-        result
+        (
+            self.deliver(producer, producer.lane(immediate), record, topic).await,
+            immediate,
+        )
     }
 
     /// Sends `record` on `lane` of `producer` and waits for the broker's confirmation, within the
