@@ -335,6 +335,19 @@ async fn stalled_upload(addr: std::net::SocketAddr, declared: usize, sent: usize
     Some(s)
 }
 
+/// Serves `yaml_text` in a bridge process, sends one event through it to warm up the request
+/// path, and returns the process with its idle RSS in KiB.
+async fn serve_warmed_up(dir: &Path, yaml_text: &str) -> (Served, u64) {
+    let served = serve_binary(dir, yaml_text);
+    assert_eq!(
+        try_post(served.webhook_addr(), event("evt_warm", "invoice.paid")).await,
+        Some(StatusCode::OK)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle_kib = vm_rss_kib(served.child.id());
+    (served, idle_kib)
+}
+
 /// The README's bound: RSS stays under the idle RSS + `http.max_buffered_bytes` + this.
 const RSS_ALLOWANCE_MIB: u64 = 24;
 
@@ -348,16 +361,9 @@ async fn hundreds_of_stalled_uploads_stay_within_the_body_budget_and_valid_event
         "{}log:\n  level: error\n",
         yaml("sinks:\n  mem:\n    kind: discard\nroutes:\n  - match: \"*\"\n    to:\n      - { sink: mem, topic: t }\n")
     );
-    let served = serve_binary(dir.path(), &yaml_text);
+    let (served, idle_kib) = serve_warmed_up(dir.path(), &yaml_text).await;
     let addr = served.webhook_addr();
     let pid = served.child.id();
-    // Warm up the request path once, then take the idle figure.
-    assert_eq!(
-        try_post(addr, event("evt_warm", "invoice.paid")).await,
-        Some(StatusCode::OK)
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_kib = vm_rss_kib(pid);
     // 300 uploads declaring 1,000,000 bytes each, sending 900,000 of them, then stalling:
     // without a budget the bridge would hold about 300 MB of bodies.
     let uploads: Vec<_> = (0..300)
@@ -408,15 +414,9 @@ async fn a_full_house_of_stuffed_heads_and_stalled_uploads_stays_within_the_stat
         "{}http:\n  header_read_timeout: 60s\nlog:\n  level: error\n",
         yaml(ROUTE_ALL)
     );
-    let served = serve_binary(dir.path(), &yaml_text);
+    let (served, idle_kib) = serve_warmed_up(dir.path(), &yaml_text).await;
     let addr = served.webhook_addr();
     let pid = served.child.id();
-    assert_eq!(
-        try_post(addr, event("evt_warm", "invoice.paid")).await,
-        Some(StatusCode::OK)
-    );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let idle_kib = vm_rss_kib(pid);
     // 700 heads of 31,000 bytes (under the 32 KiB hard limit, so none is answered 431) and 300
     // uploads stalled after 900 KB: 1,000 of the 1,024 connections, each holding what it can.
     let heads: Vec<_> = (0..700)
