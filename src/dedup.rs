@@ -3,12 +3,16 @@
 //! and, for a fan-out whose targets did not all confirm, which targets did: Stripe's retry then
 //! goes only to the targets that failed.
 
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-/// What an entry costs besides its id and target names: the map slot, the queue slot, the `Arc`
-/// header. An estimate, so that `max_bytes` bounds the real memory to within a small factor.
+use hashbrown::HashTable;
+
+/// What an entry costs besides its id and target names: the table slot, the queue slot, the
+/// allocation header. An estimate, so that `max_bytes` bounds the real memory to within a small
+/// factor.
 const ENTRY_OVERHEAD: usize = 96;
 /// What each remembered target costs besides its name.
 const TARGET_OVERHEAD: usize = 32;
@@ -26,7 +30,14 @@ pub struct Limits {
 
 /// Remembers published event ids for `ttl`, at most `capacity` of them and `max_bytes` in all
 /// (oldest forgotten first).
+///
+/// Every request touches the window twice (claim, then published), and at thousands of events
+/// per second the window is larger than the CPU's caches, so it is laid out for that: the id is
+/// hashed once, outside the lock; what is remembered lives in a ring in order of first
+/// confirmation (written at one end, forgotten at the other, short ids inline), found through a
+/// compact index of hashes; the few ids in flight have a small table of their own.
 pub struct Dedup {
+    hasher: RandomState,
     inner: Mutex<Window>,
 }
 
@@ -39,23 +50,75 @@ enum Entry {
 }
 
 impl Entry {
-    fn bytes(&self, id: &str) -> usize {
+    fn bytes(&self, id_len: usize) -> usize {
         let targets = match self {
             Entry::Published => 0,
             Entry::Partly(keys) => keys.iter().map(|k| k.len() + TARGET_OVERHEAD).sum(),
         };
-        id.len() + ENTRY_OVERHEAD + targets
+        id_len + ENTRY_OVERHEAD + targets
     }
+}
+
+/// Ids up to this long (Stripe's are about 30 bytes) are stored inside their record.
+const INLINE_ID: usize = 46;
+
+/// An event id as the window keeps it.
+enum StoredId {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Heap(Box<[u8]>),
+}
+
+impl StoredId {
+    fn new(id: &str) -> Self {
+        let id = id.as_bytes();
+        match u8::try_from(id.len()) {
+            Ok(len) if id.len() <= INLINE_ID => {
+                let mut bytes = [0; INLINE_ID];
+                bytes[..id.len()].copy_from_slice(id);
+                StoredId::Inline { len, bytes }
+            }
+            _ => StoredId::Heap(id.into()),
+        }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        match self {
+            StoredId::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            StoredId::Heap(bytes) => bytes,
+        }
+    }
+}
+
+/// One remembered id, in the ring.
+struct Record {
+    at: Instant,
+    hash: u64,
+    id: StoredId,
+    entry: Entry,
+}
+
+/// One id being published by a request.
+struct Flight {
+    hash: u64,
+    id: Box<str>,
+    /// The serial number of the claim.
+    claim: u64,
 }
 
 struct Window {
     limits: Limits,
-    entries: HashMap<Arc<str>, Entry>,
-    order: VecDeque<(Instant, Arc<str>)>,
-    /// Sum of [`Entry::bytes`] over `entries`.
+    /// Remembered ids, oldest first; the record at position `i` has the sequence number
+    /// `first + i`.
+    ring: VecDeque<Record>,
+    first: u64,
+    /// Where each remembered id is in the ring: its hash and its record's sequence number.
+    index: HashTable<(u64, u64)>,
+    /// Sum of [`Entry::bytes`] over the ring.
     bytes: usize,
-    /// Claimed by a request that is publishing them; at most one entry per request in flight.
-    in_flight: HashSet<Arc<str>>,
+    /// Ids claimed by a request that is publishing them; at most one per request in flight.
+    in_flight: HashTable<Flight>,
+    /// The last serial number given to a claim.
+    claims: u64,
 }
 
 /// What [`Dedup::claim`] found.
@@ -77,7 +140,8 @@ pub fn target_key(sink: &str, destination: &str) -> String {
 /// Holds an event id as in flight until dropped (also when the request is cancelled).
 pub struct ClaimGuard<'a> {
     dedup: &'a Dedup,
-    id: Option<Arc<str>>,
+    /// The id's hash and the claim's serial number; `None` with dedup off.
+    held: Option<(u64, u64)>,
     /// Targets an earlier try confirmed.
     confirmed: Vec<Box<str>>,
 }
@@ -90,74 +154,99 @@ impl ClaimGuard<'_> {
 
     /// Records the event as published at `now` and releases the claim, in one step.
     pub fn published(mut self, now: Instant) {
-        if let Some(id) = self.id.take() {
-            let mut w = self.dedup.lock();
-            w.in_flight.remove(&id);
-            w.remember(id, Entry::Published, now);
+        if let Some((hash, claim)) = self.held.take() {
+            self.dedup.lock().release(hash, claim, Some(Entry::Published), now);
         }
     }
 
     /// Records that these targets (and those an earlier try confirmed) have the event, while
     /// others failed, and releases the claim: a retry publishes only to the rest.
     pub fn partly_published(mut self, keys: impl IntoIterator<Item = String>, now: Instant) {
-        if let Some(id) = self.id.take() {
+        if let Some((hash, claim)) = self.held.take() {
             let mut confirmed = std::mem::take(&mut self.confirmed);
             for k in keys {
                 if !confirmed.iter().any(|c| **c == *k) {
                     confirmed.push(k.into_boxed_str());
                 }
             }
-            let mut w = self.dedup.lock();
-            w.in_flight.remove(&id);
-            if !confirmed.is_empty() {
-                w.remember(id, Entry::Partly(confirmed), now);
-            }
+            let entry = (!confirmed.is_empty()).then_some(Entry::Partly(confirmed));
+            self.dedup.lock().release(hash, claim, entry, now);
         }
     }
 }
 
 impl Drop for ClaimGuard<'_> {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            self.dedup.lock().in_flight.remove(&id);
+        if let Some((hash, claim)) = self.held.take() {
+            self.dedup.lock().release(hash, claim, None, Instant::now());
         }
     }
 }
 
 impl Window {
-    /// Stores what is known of `id`. An id already in the window keeps its place (its age counts
-    /// from the first confirmation); its entry is replaced.
-    fn remember(&mut self, id: Arc<str>, entry: Entry, now: Instant) {
-        let added = entry.bytes(&id);
-        match self.entries.get_mut(&id) {
-            Some(old) => {
-                self.bytes = self.bytes - old.bytes(&id) + added;
-                *old = entry;
+    /// The position in the ring of the remembered `id`, hashed `hash`.
+    fn find(&self, hash: u64, id: &[u8]) -> Option<usize> {
+        let (ring, first) = (&self.ring, self.first);
+        let at = |seq: u64| seq.checked_sub(first).and_then(|i| usize::try_from(i).ok());
+        self.index
+            .find(hash, |&(h, seq)| {
+                h == hash && at(seq).and_then(|i| ring.get(i)).is_some_and(|r| r.id.as_bytes() == id)
+            })
+            .and_then(|&(_, seq)| at(seq))
+    }
+
+    /// Ends claim `claim` of the id hashed `hash`, storing `entry` (if any) as what is known of
+    /// it. An id already remembered keeps its place (its age counts from the first
+    /// confirmation); its entry is replaced.
+    fn release(&mut self, hash: u64, claim: u64, entry: Option<Entry>, now: Instant) {
+        let Ok(found) = self.in_flight.find_entry(hash, |f| f.claim == claim) else {
+            return;
+        };
+        let (flight, _) = found.remove();
+        let Some(entry) = entry else {
+            return;
+        };
+        match self.find(hash, flight.id.as_bytes()) {
+            Some(i) => {
+                let record = &mut self.ring[i];
+                let len = flight.id.len();
+                self.bytes = self.bytes - record.entry.bytes(len) + entry.bytes(len);
+                record.entry = entry;
             }
             None => {
-                self.bytes += added;
-                self.entries.insert(id.clone(), entry);
-                self.order.push_back((now, id));
+                self.bytes += entry.bytes(flight.id.len());
+                let seq = self.first + self.ring.len() as u64;
+                self.ring.push_back(Record {
+                    at: now,
+                    hash,
+                    id: StoredId::new(&flight.id),
+                    entry,
+                });
+                self.index.insert_unique(hash, (hash, seq), |&(h, _)| h);
             }
         }
         self.expire(now);
     }
 
+    /// Forgets the oldest remembered ids while over a limit or past the age.
     fn expire(&mut self, now: Instant) {
         let Limits {
             capacity,
             max_bytes,
             ttl,
         } = self.limits;
-        while let Some((at, id)) = self.order.front() {
-            if self.order.len() > capacity || self.bytes > max_bytes || now.duration_since(*at) >= ttl {
-                if let Some(e) = self.entries.remove(id) {
-                    self.bytes -= e.bytes(id);
-                }
-                self.order.pop_front();
-            } else {
+        while let Some(oldest) = self.ring.front() {
+            if self.ring.len() <= capacity && self.bytes <= max_bytes && now.duration_since(oldest.at) < ttl {
                 break;
             }
+            let (hash, seq) = (oldest.hash, self.first);
+            if let Ok(found) = self.index.find_entry(hash, |&(_, s)| s == seq) {
+                found.remove();
+            }
+            if let Some(record) = self.ring.pop_front() {
+                self.bytes -= record.entry.bytes(record.id.as_bytes().len());
+            }
+            self.first += 1;
         }
     }
 }
@@ -166,12 +255,15 @@ impl Dedup {
     /// A window with these limits; capacity 0 turns dedup off.
     pub fn new(limits: Limits) -> Self {
         Dedup {
+            hasher: RandomState::new(),
             inner: Mutex::new(Window {
                 limits,
-                entries: HashMap::new(),
-                order: VecDeque::new(),
+                ring: VecDeque::new(),
+                first: 0,
+                index: HashTable::new(),
                 bytes: 0,
-                in_flight: HashSet::new(),
+                in_flight: HashTable::new(),
+                claims: 0,
             }),
         }
     }
@@ -197,28 +289,36 @@ impl Dedup {
     /// the caller (with the targets an earlier try confirmed). With dedup off every claim
     /// succeeds and nothing is tracked.
     pub fn claim(&self, id: &str, now: Instant) -> Claim<'_> {
-        let mut w = self.lock();
+        let hash = self.hasher.hash_one(id);
+        let mut guard = self.lock();
+        let w = &mut *guard;
         if w.limits.capacity == 0 {
             return Claim::Claimed(ClaimGuard {
                 dedup: self,
-                id: None,
+                held: None,
                 confirmed: Vec::new(),
             });
         }
         w.expire(now);
-        let confirmed = match w.entries.get(id) {
+        let confirmed = match w.find(hash, id.as_bytes()).map(|i| &w.ring[i].entry) {
             Some(Entry::Published) => return Claim::Published,
             Some(Entry::Partly(keys)) => keys.clone(),
             None => Vec::new(),
         };
-        if w.in_flight.contains(id) {
+        if w.in_flight.find(hash, |f| *f.id == *id).is_some() {
             return Claim::InFlight;
         }
-        let id: Arc<str> = Arc::from(id);
-        w.in_flight.insert(id.clone());
+        w.claims += 1;
+        let claim = w.claims;
+        let flight = Flight {
+            hash,
+            id: id.into(),
+            claim,
+        };
+        w.in_flight.insert_unique(hash, flight, |f| f.hash);
         Claim::Claimed(ClaimGuard {
             dedup: self,
-            id: Some(id),
+            held: Some((hash, claim)),
             confirmed,
         })
     }
@@ -248,8 +348,9 @@ mod tests {
         matches!(d.claim(id, at), Claim::Published)
     }
 
+    /// Ids remembered.
     fn len(d: &Dedup) -> usize {
-        d.lock().entries.len()
+        d.lock().ring.len()
     }
 
     #[test]
@@ -320,7 +421,8 @@ mod tests {
         };
         again.published(t0);
         assert!(matches!(d.claim("evt_1", t0), Claim::Published));
-        assert!(d.lock().in_flight.is_empty());
+        assert_eq!(d.lock().in_flight.len(), 0);
+        assert_eq!(d.lock().index.len(), 1);
     }
 
     #[test]
@@ -407,13 +509,67 @@ mod tests {
     }
 
     #[test]
-    fn remembering_twice_keeps_one_entry() {
+    fn remembering_twice_keeps_one_entry_and_its_place() {
         let d = dedup(3);
         let t0 = Instant::now();
-        for _ in 0..2 {
-            d.lock().remember(Arc::from("evt_1"), Entry::Published, t0);
+        let Claim::Claimed(first) = d.claim("evt_1", t0) else {
+            panic!("claimed")
+        };
+        first.partly_published([target_key("k", "t1")], t0);
+        publish(&d, "evt_2", t0 + Duration::from_secs(1));
+        let Claim::Claimed(second) = d.claim("evt_1", t0 + Duration::from_secs(2)) else {
+            panic!("claimed again")
+        };
+        second.published(t0 + Duration::from_secs(2));
+        assert_eq!(len(&d), 2);
+        assert_eq!(d.lock().index.len(), 2);
+        // evt_1's age counts from its first confirmation: it goes first.
+        assert!(!seen(&d, "evt_1", t0 + Duration::from_secs(60)));
+        assert!(seen(&d, "evt_2", t0 + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn a_retry_in_flight_stays_claimed_when_its_partial_entry_expires() {
+        let d = dedup(10);
+        let t0 = Instant::now();
+        let Claim::Claimed(first) = d.claim("evt_1", t0) else {
+            panic!("claimed")
+        };
+        first.partly_published([target_key("k", "t1")], t0);
+        let Claim::Claimed(retry) = d.claim("evt_1", t0) else {
+            panic!("claimed again")
+        };
+        // The window passes while the retry publishes: what was remembered goes, the claim stays.
+        assert!(matches!(
+            d.claim("evt_1", t0 + Duration::from_secs(60)),
+            Claim::InFlight
+        ));
+        assert_eq!((len(&d), d.lock().bytes), (0, 0));
+        retry.published(t0 + Duration::from_secs(61));
+        assert!(seen(&d, "evt_1", t0 + Duration::from_secs(61)));
+        assert_eq!(d.lock().in_flight.len(), 0);
+    }
+
+    #[test]
+    fn a_long_run_keeps_the_table_and_the_queue_in_step() {
+        let d = dedup(100);
+        let t0 = Instant::now();
+        for i in 0..10_000 {
+            let id = format!("evt_{i}");
+            match i % 3 {
+                0 => publish(&d, &id, t0),
+                1 => drop(d.claim(&id, t0)),
+                _ => {
+                    let Claim::Claimed(c) = d.claim(&id, t0) else {
+                        panic!("claimed")
+                    };
+                    c.partly_published([target_key("k", "t")], t0);
+                }
+            }
         }
-        assert_eq!(len(&d), 1);
-        assert_eq!(d.lock().order.len(), 1);
+        let w = d.lock();
+        assert_eq!((w.ring.len(), w.index.len(), w.in_flight.len()), (100, 100, 0));
+        let bytes: usize = w.ring.iter().map(|r| r.entry.bytes(r.id.as_bytes().len())).sum();
+        assert_eq!(w.bytes, bytes);
     }
 }
