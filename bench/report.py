@@ -86,7 +86,7 @@ class Results:
         if scenario in ("kafka", "rabbitmq") and self.low_rate:
             names.append(f"{scenario}-r{self.low_rate}")
         if scenario == "kafka":
-            names += [n for n in ("kafka-linger1ms-c64", f"kafka-linger1ms-r{self.rate}")
+            names += [n for n in ("kafka-linger3ms-c64", "kafka-linger3ms-c256")
                       if os.path.exists(os.path.join(self.d, n + ".json"))]
         if scenario in ("kafka", "rabbitmq"):
             names += [f"goref-{n}" for n in names if "linger" not in n and os.path.exists(
@@ -242,7 +242,7 @@ def write_markdown(r, out_md, svg_name):
             )
     L.append("")
     idles = []
-    for s in [sc for sc, _ in SCENARIOS] + ["kafka-linger1ms", "rabbitmq-framemax16k", "goref-kafka", "goref-rabbitmq"]:
+    for s in [sc for sc, _ in SCENARIOS] + ["kafka-linger3ms", "rabbitmq-framemax16k", "goref-kafka", "goref-rabbitmq"]:
         i = r.idle(s)
         if i and i.get("idle_rss_kib"):
             idles.append(f"{s} {i['idle_rss_kib'] / MIB:.1f} MiB")
@@ -498,28 +498,30 @@ NAMES = {"p50": "p50", "p90": "p90", "p99": "p99", "p999": "p99.9"}
 
 
 def write_svg(r, out_svg):
-    W, H = 1020, 720
+    W, H = 1500, 720
     pw, ph = 400, 250
-    origins = [(80, 60), (560, 60), (80, 400), (560, 400)]
+    # One panel per sink scenario (the stalled-uploads scenario is one open-loop point).
+    panels = [(s, label) for s, label in SCENARIOS if s != "stalled"]
+    origins = [(80 + 480 * (i % 3), 60 + 340 * (i // 3)) for i in range(len(panels))]
     lat = []
-    for s, _ in SCENARIOS:
+    for s, _ in panels:
         for _, b, _ in r.runs(s):
             if b:
                 lat += [b["latency_ms"][k] for k in COLORS]
-    for sink in ("kafka", "rabbitmq"):
+    for sink in ("kafka", "rabbitmq", "nats"):
         for t in [f"c{c}" for c in r.conc] + [f"r{r.rate}"]:
             ceil = r.bench(f"{sink}-ceiling-{t}")
             if ceil:
                 lat += [ceil["latency_ms"]["p50"], ceil["latency_ms"]["p99"]]
     lat = [x for x in lat if x > 0] or [1]
     lo = 10 ** math.floor(math.log10(min(lat)))
-    hi = 10 ** math.ceil(math.log10(max(lat)))
+    hi = max(10 ** math.ceil(math.log10(max(lat))), lo * 10)
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
            'font-family="sans-serif" font-size="11">',
            f'<rect width="{W}" height="{H}" fill="white"/>',
            f'<text x="{W / 2}" y="24" text-anchor="middle" font-size="15">hookbridge: latency percentiles against '
            f'throughput, 4 KiB events ({r.run.get("started", "")[:10]}, {r.run.get("commit", "")[:8]})</text>']
-    for (s, label), (ox, oy) in zip(SCENARIOS, origins):
+    for (s, label), (ox, oy) in zip(panels, origins):
         runs = [(n, b) for n, b, _ in r.runs(s) if b and "linger" not in n and not n.startswith("goref")]
         ceils = [(t, r.bench(f"{s}-ceiling-{t}")) for t in [f"c{c}" for c in r.conc] + [f"r{r.rate}"]]
         ceils = [(c, b) for c, b in ceils if b]

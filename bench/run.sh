@@ -308,11 +308,11 @@ if want kafka; then
     ceiling kafka "kafka-ceiling-r$r" --config "$CFG/kafka.yaml" --topic "$TOPIC" --in-flight 64 --rate "$r"
   done
   with_goref kafka "$CFG/kafka.yaml" kafka -brokers 127.0.0.1:9092 -topic "$TOPIC"
-  # The batching producer's default linger (3 ms) against the former default, 1 ms: under load
-  # (concurrency 64) and at the fixed rate, where records mostly take the immediate lane.
-  HOOKBRIDGE__SINKS__EVENTS__LINGER=1ms start_bridge kafka-linger1ms "$CFG/kafka.yaml"
-  load "kafka-linger1ms-c64" --concurrency 64
-  load "kafka-linger1ms-r$RATE" --rate "$RATE" --concurrency 64
+  # The batching producer's default linger (1 ms) against 3 ms, under load: a longer linger
+  # spends less CPU in librdkafka's broker thread but paces each batch (bench/FINDINGS.md).
+  HOOKBRIDGE__SINKS__EVENTS__LINGER=3ms start_bridge kafka-linger3ms "$CFG/kafka.yaml"
+  load "kafka-linger3ms-c64" --concurrency 64
+  load "kafka-linger3ms-c256" --concurrency 256
   stop_bridge
 fi
 

@@ -18,6 +18,7 @@ use super::client_ip::{allowed, client_ip};
 use super::response::{received, Rejection};
 use crate::budget::Lease;
 use crate::dedup::{target_key, Claim};
+use crate::event::EventMeta;
 use crate::metrics::{
     EndpointLabel, EndpointReason, EndpointStatus, ReasonLabel, SinkDestination, SinkError as SinkErrorLabels,
     SinkLabel,
@@ -44,8 +45,8 @@ impl Drop for InFlight<'_> {
 
 /// What happened to a request, for the access log.
 struct Outcome {
-    event_id: Option<String>,
-    event_type: Option<String>,
+    /// The event, once its body was verified and read.
+    event: Option<EventMeta>,
     note: &'static str,
 }
 
@@ -58,26 +59,24 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
         tracing::warn!(%client, "refused: address outside http.allow_networks");
         return finish(&state, &live, "", start, Err(Rejection::Forbidden), Outcome::empty());
     }
-    let path = req.uri().path().to_string();
-    let Some(endpoint) = live.endpoints.get(path.as_str()) else {
+    let Some(endpoint) = live.endpoints.get(req.uri().path()) else {
         return finish(&state, &live, "", start, Err(Rejection::NotFound), Outcome::empty());
     };
-    let endpoint_path = endpoint.path.clone();
     let limit = state.max_header_bytes;
     if head_size(&req) > limit {
         let too_large = Err(Rejection::HeadersTooLarge { limit });
-        return finish(&state, &live, &endpoint_path, start, too_large, Outcome::empty());
+        return finish(&state, &live, &endpoint.path, start, too_large, Outcome::empty());
     }
     // The cap on requests in flight: beyond it, answer at once rather than queue bodies in memory.
     let Ok(_permit) = state.limiter.try_acquire() else {
         let busy = Rejection::Unavailable("too many requests in flight; retry later".into());
-        return finish(&state, &live, &endpoint_path, start, Err(busy), Outcome::empty());
+        return finish(&state, &live, &endpoint.path, start, Err(busy), Outcome::empty());
     };
     // A guard, not inc/dec: hyper drops this future when the client goes away.
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
     let mut outcome = Outcome::empty();
     let result = process(&state, &live, endpoint, req, start, &mut outcome).await;
-    finish(&state, &live, &endpoint_path, start, result, outcome)
+    finish(&state, &live, &endpoint.path, start, result, outcome)
 }
 
 /// The size of the request line and headers as sent on the wire (`METHOD SP target SP
@@ -95,11 +94,15 @@ fn head_size<B>(req: &Request<B>) -> usize {
 
 impl Outcome {
     fn empty() -> Self {
-        Outcome {
-            event_id: None,
-            event_type: None,
-            note: "",
-        }
+        Outcome { event: None, note: "" }
+    }
+
+    fn event_id(&self) -> &str {
+        self.event.as_ref().map_or("", |e| e.id.as_str())
+    }
+
+    fn event_type(&self) -> &str {
+        self.event.as_ref().map_or("", |e| e.event_type.as_str())
     }
 }
 
@@ -152,16 +155,16 @@ async fn process(
         .map_err(Rejection::Signature)?;
     let envelope = Envelope::verified(signed).map_err(Rejection::Event)?;
     let meta = envelope.meta();
-    outcome.event_id = Some(meta.id.clone());
-    outcome.event_type = Some(meta.event_type.clone());
 
     // Every line logged while this event is handled (sink warnings, broker client lines logged
     // from the request's task) carries its id and type. At error level so that it is enabled
     // whenever any line is, whatever the filter.
     let span = tracing::error_span!("event", event_id = %meta.id, event_type = %meta.event_type);
-    deliver(state, live, endpoint, &envelope, start, outcome)
+    let result = deliver(state, live, endpoint, &envelope, start, outcome)
         .instrument(span)
-        .await
+        .await;
+    outcome.event = Some(envelope.into_meta());
+    result
 }
 
 /// Dedup, route and publish one verified event.
@@ -429,8 +432,8 @@ fn finish(
     if status.is_server_error() || (status.is_client_error() && status != StatusCode::NOT_FOUND) {
         tracing::warn!(
             endpoint,
-            event_id = outcome.event_id.as_deref().unwrap_or(""),
-            event_type = outcome.event_type.as_deref().unwrap_or(""),
+            event_id = outcome.event_id(),
+            event_type = outcome.event_type(),
             status = status.as_u16(),
             reason = reason.unwrap_or(""),
             latency_ms,
@@ -439,8 +442,8 @@ fn finish(
     } else {
         tracing::info!(
             endpoint,
-            event_id = outcome.event_id.as_deref().unwrap_or(""),
-            event_type = outcome.event_type.as_deref().unwrap_or(""),
+            event_id = outcome.event_id(),
+            event_type = outcome.event_type(),
             status = status.as_u16(),
             note = outcome.note,
             latency_ms,

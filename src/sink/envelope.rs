@@ -69,6 +69,11 @@ impl Envelope {
         &self.meta
     }
 
+    /// What was read from the body, once the message is no longer needed.
+    pub fn into_meta(self) -> EventMeta {
+        self.meta
+    }
+
     /// Whether it came from `hookbridge replay` rather than a webhook.
     pub fn is_replayed(&self) -> bool {
         self.replayed

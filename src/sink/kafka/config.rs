@@ -19,10 +19,10 @@ use crate::sink::{BoxError, Destination, Sink, SinkConfig};
 
 /// `linger.ms` of the batching producer when the config sets none. It only applies under load:
 /// while few publishes are in flight, records take the sink's immediate lane (`linger.ms=0`, see
-/// `sink::kafka::IMMEDIATE_BELOW`). 3 ms rather than 1 ms: librdkafka's idempotent producer polls
-/// without sleeping from the end of the linger until its request in flight is answered, which cost
-/// a third of the bridge's CPU per event at 64 in flight (bench/FINDINGS.md).
-pub const DEFAULT_LINGER: Duration = Duration::from_millis(3);
+/// `sink::kafka::IMMEDIATE_BELOW`). 1 ms rather than 3 ms: with an idempotent producer one
+/// request per partition is in flight, so a linger longer than the broker's answer time paces
+/// every batch; on a quiet machine 3 ms halved the throughput at 64 in flight (bench/FINDINGS.md).
+pub const DEFAULT_LINGER: Duration = Duration::from_millis(1);
 
 /// A Kafka producer (librdkafka), idempotent with `acks=all`.
 #[derive(Clone, PartialEq, Deserialize)]
@@ -37,7 +37,7 @@ pub struct KafkaSinkConfig {
     #[serde(default)]
     pub compression: Option<String>,
     /// `linger.ms` of the batching producer: how long to wait to fill a batch under load. Default
-    /// 3ms; a record published while little is in flight leaves at once (the immediate lane).
+    /// 1ms; a record published while little is in flight leaves at once (the immediate lane).
     #[serde(default, deserialize_with = "opt_duration")]
     pub linger: Option<Duration>,
     /// `message.timeout.ms`: how long librdkafka tries to deliver one record before reporting it
@@ -556,8 +556,8 @@ mod tests {
     }
 
     #[test]
-    fn linger_defaults_to_three_milliseconds_unless_set_either_way() {
-        assert_eq!(parse(r#"{"brokers":"b:9092"}"#).properties(FIVE)["linger.ms"], "3");
+    fn linger_defaults_to_one_millisecond_unless_set_either_way() {
+        assert_eq!(parse(r#"{"brokers":"b:9092"}"#).properties(FIVE)["linger.ms"], "1");
         let p = parse(r#"{"brokers":"b:9092","options":{"linger.ms":7}}"#).properties(FIVE);
         assert_eq!(p["linger.ms"], "7");
         let p = parse(r#"{"brokers":"b:9092","options":{"queue.buffering.max.ms":9}}"#).properties(FIVE);
