@@ -344,8 +344,14 @@ fi
 
 if want nats; then
   say "scenario 6: NATS JetStream"
+  # A fresh stream (the ceiling creates it from the config), so that every sitting starts alike.
+  deploy/local/nats.sh stop >/dev/null
+  rm -rf "${HOOKBRIDGE_CACHE:-$HOME/.cache/hookbridge}"/nats/plain-js/jetstream/*/streams/HOOKBRIDGE_BENCH
+  deploy/local/nats.sh start
   for c in $CONCURRENCIES; do ceiling nats "nats-ceiling-c$c" --config "$CFG/nats.yaml" --in-flight "$c"; done
   ceiling nats "nats-ceiling-r$RATE" --config "$CFG/nats.yaml" --in-flight 64 --rate "$RATE"
+  say "nats: waiting 21 s for the ceiling's event ids to leave the stream's duplicate window"
+  sleep 21
   scenario nats "$CFG/nats.yaml"
 fi
 
