@@ -15,10 +15,12 @@ use crate::budget::BodyBudget;
 use crate::config::{HttpSettings, LogSettings, Secret, SecretSource, Secrets, Settings, SinkSettings};
 use crate::dedup::{Dedup, Limits};
 use crate::fields::SecretError;
-use crate::metrics::Metrics;
+use crate::metrics::{EndpointStatus, Metrics, SinkDestination, SinkLabel};
 use crate::route::{Router, Target};
 use crate::sink::{Envelope, Sink, SinkError};
 use crate::verify::{Clock, Verifier};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
 
 /// The extra time past `ack_timeout` that shutdown may take in all.
 pub const SHUTDOWN_SLACK: Duration = Duration::from_secs(1);
@@ -107,6 +109,8 @@ pub(crate) fn drop_off_runtime(sinks: Vec<Arc<dyn Sink>>) {
 /// A webhook endpoint at run time.
 pub struct Endpoint {
     pub path: String,
+    /// `hookbridge_requests_total` for this endpoint and status 200, looked up once.
+    pub answered_ok: Counter,
     pub tolerance: Duration,
     pub sources: Vec<SecretSource>,
     /// Swapped in place when a secret file changes.
@@ -138,6 +142,9 @@ impl Endpoint {
 pub struct Live {
     pub endpoints: HashMap<String, Endpoint>,
     pub router: Router,
+    /// The publish metrics of each route's targets (by route, then target), looked up once here
+    /// rather than per event: a lookup hashes the label set and allocates its strings.
+    pub target_metrics: Vec<Vec<TargetMetrics>>,
     pub sinks: Vec<Arc<dyn Sink>>,
     /// The settings each sink was built from (same order as `sinks`).
     pub sink_settings: Vec<SinkSettings>,
@@ -153,10 +160,35 @@ pub struct Live {
     sink_credentials: Vec<crate::sink::CredentialStamp>,
 }
 
+/// The metrics a successful publish to one route target updates.
+pub struct TargetMetrics {
+    /// `hookbridge_published_total` for the target's sink and destination template.
+    pub published: Counter,
+    /// `hookbridge_publish_seconds` for the target's sink.
+    pub seconds: Histogram,
+}
+
+impl TargetMetrics {
+    fn new(metrics: &Metrics, target: &Target) -> Self {
+        let published = SinkDestination {
+            sink: target.sink_name.clone(),
+            destination: target.destination.as_str().to_string(),
+        };
+        let sink = SinkLabel {
+            sink: target.sink_name.clone(),
+        };
+        TargetMetrics {
+            published: metrics.published.get_or_create(&published).clone(),
+            seconds: metrics.publish_seconds.get_or_create(&sink).clone(),
+        }
+    }
+}
+
 impl Live {
     /// The live state of `settings`, with the endpoints' `secrets` as read by
-    /// [`crate::config::read_secrets`] and the sinks built from `settings.sinks`.
-    pub fn new(settings: &Settings, secrets: &Secrets, sinks: Vec<Arc<dyn Sink>>) -> Self {
+    /// [`crate::config::read_secrets`] and the sinks built from `settings.sinks`; `metrics` are
+    /// the series its requests update.
+    pub fn new(settings: &Settings, secrets: &Secrets, sinks: Vec<Arc<dyn Sink>>, metrics: &Metrics) -> Self {
         let endpoints = settings
             .endpoints
             .iter()
@@ -166,6 +198,13 @@ impl Live {
                     e.path.clone(),
                     Endpoint {
                         path: e.path.clone(),
+                        answered_ok: metrics
+                            .requests
+                            .get_or_create(&EndpointStatus {
+                                endpoint: e.path.clone(),
+                                status: 200,
+                            })
+                            .clone(),
                         tolerance: e.tolerance,
                         sources: e.sources.clone(),
                         verifier: ArcSwap::from_pointee(
@@ -176,8 +215,15 @@ impl Live {
                 )
             })
             .collect();
+        let target_metrics = settings
+            .router
+            .routes()
+            .iter()
+            .map(|r| r.targets.iter().map(|t| TargetMetrics::new(metrics, t)).collect())
+            .collect();
         Live {
             endpoints,
+            target_metrics,
             router: settings.router.clone(),
             sinks,
             sink_settings: settings.sinks.clone(),
@@ -259,10 +305,11 @@ fn dedup_limits(settings: &Settings) -> Limits {
 
 impl State {
     pub fn new(settings: &Settings, secrets: &Secrets, sinks: Vec<Arc<dyn Sink>>, clock: Arc<dyn Clock>) -> Self {
+        let metrics = Metrics::new();
         State {
-            live: ArcSwap::from_pointee(Live::new(settings, secrets, sinks)),
+            live: ArcSwap::from_pointee(Live::new(settings, secrets, sinks, &metrics)),
             dedup: Dedup::new(dedup_limits(settings)),
-            metrics: Metrics::new(),
+            metrics,
             clock,
             draining: AtomicBool::new(false),
             drain_signal: watch::channel(false).0,
@@ -411,7 +458,7 @@ impl State {
                 close_all(&built, Instant::now() + settings.ack_timeout).await;
                 return Err(why);
             }
-            let mut live = Live::new(&settings, &secrets, sinks);
+            let mut live = Live::new(&settings, &secrets, sinks, &self.metrics);
             live.sink_credentials = stamps;
             self.replace_live(live);
             if !replaced.is_empty() {

@@ -57,26 +57,26 @@ pub async fn handle(state: Arc<State>, req: Request<Incoming>, peer: SocketAddr)
     let client = client_ip(peer.ip(), req.headers(), &live.http);
     if !allowed(client, &live.http) {
         tracing::warn!(%client, "refused: address outside http.allow_networks");
-        return finish(&state, &live, "", start, Err(Rejection::Forbidden), Outcome::empty());
+        return finish(&state, &live, None, start, Err(Rejection::Forbidden), Outcome::empty());
     }
     let Some(endpoint) = live.endpoints.get(req.uri().path()) else {
-        return finish(&state, &live, "", start, Err(Rejection::NotFound), Outcome::empty());
+        return finish(&state, &live, None, start, Err(Rejection::NotFound), Outcome::empty());
     };
     let limit = state.max_header_bytes;
     if head_size(&req) > limit {
         let too_large = Err(Rejection::HeadersTooLarge { limit });
-        return finish(&state, &live, &endpoint.path, start, too_large, Outcome::empty());
+        return finish(&state, &live, Some(endpoint), start, too_large, Outcome::empty());
     }
     // The cap on requests in flight: beyond it, answer at once rather than queue bodies in memory.
     let Ok(_permit) = state.limiter.try_acquire() else {
         let busy = Rejection::Unavailable("too many requests in flight; retry later".into());
-        return finish(&state, &live, &endpoint.path, start, Err(busy), Outcome::empty());
+        return finish(&state, &live, Some(endpoint), start, Err(busy), Outcome::empty());
     };
     // A guard, not inc/dec: hyper drops this future when the client goes away.
     let _in_flight = InFlight::enter(&state.metrics.in_flight);
     let mut outcome = Outcome::empty();
     let result = process(&state, &live, endpoint, req, start, &mut outcome).await;
-    finish(&state, &live, &endpoint.path, start, result, outcome)
+    finish(&state, &live, Some(endpoint), start, result, outcome)
 }
 
 /// The size of the request line and headers as sent on the wire (`METHOD SP target SP
@@ -195,7 +195,7 @@ async fn deliver(
             ));
         }
     };
-    let Some((_, route)) = live.router.route(&route::Incoming::new(meta, Some(&endpoint.path))) else {
+    let Some((route_index, route)) = live.router.route(&route::Incoming::new(meta, Some(&endpoint.path))) else {
         state.metrics.unrouted.get_or_create(&label()).inc();
         outcome.note = "unrouted";
         tracing::debug!("no route matches; dropped");
@@ -203,7 +203,7 @@ async fn deliver(
     };
 
     let already = |key: &str| claim.already_confirmed(key);
-    let (result, confirmed) = publish_all(state, live, route, envelope, start, &already).await;
+    let (result, confirmed) = publish_all(state, live, route_index, route, envelope, start, &already).await;
     match result {
         Ok(()) => claim.published(Instant::now()),
         // The targets that confirmed are remembered: Stripe's retry goes only to the others.
@@ -258,14 +258,16 @@ async fn read_body(
     Ok(Bytes::from(buf))
 }
 
-/// Publishes to every target concurrently, each bounded by `ack_timeout`, except those that
-/// `already_confirmed` says an earlier try of this event published to; the worst outcome wins (a
-/// permanent failure over a retryable one). Also returns the targets ([`target_key`]) that
-/// confirmed in this try. The one publish path: the webhook handler and `hookbridge replay` both
-/// call it, so a replayed event is published, counted and logged exactly as a delivered one.
+/// Publishes to every target of `route` (the route at `route_index` of `live.router`)
+/// concurrently, each bounded by `ack_timeout`, except those that `already_confirmed` says an
+/// earlier try of this event published to; the worst outcome wins (a permanent failure over a
+/// retryable one). Also returns the targets ([`target_key`]) that confirmed in this try. The one
+/// publish path: the webhook handler and `hookbridge replay` both call it, so a replayed event is
+/// published, counted and logged exactly as a delivered one.
 pub async fn publish_all(
     state: &State,
     live: &Live,
+    route_index: usize,
     route: &route::Route,
     envelope: &Envelope,
     start: Instant,
@@ -274,7 +276,7 @@ pub async fn publish_all(
     let targets = route::destinations(route, envelope.meta());
     let ack_timeout = live.ack_timeout;
     let deadline = Instant::now() + ack_timeout;
-    let results = futures::future::join_all(targets.iter().map(|(target, destination)| async move {
+    let results = futures::future::join_all(targets.iter().enumerate().map(|(i, (target, destination))| async move {
         let Some(sink) = live.sinks.get(target.sink) else {
             // Routes and sinks are validated together; this would be a wiring bug, not input.
             let e = SinkError::permanent(format!("route names sink #{} that is not running", target.sink));
@@ -297,14 +299,20 @@ pub async fn publish_all(
                 humantime::format_duration(ack_timeout)
             ))),
         };
-        record(
-            state,
-            sink.name(),
-            target.destination.as_str(),
-            destination,
-            start,
-            &result,
-        );
+        match (&result, live.target_metrics.get(route_index).and_then(|t| t.get(i))) {
+            (Ok(()), Some(metrics)) => {
+                metrics.published.inc();
+                metrics.seconds.observe(start.elapsed().as_secs_f64());
+            }
+            _ => record(
+                state,
+                sink.name(),
+                target.destination.as_str(),
+                destination,
+                start,
+                &result,
+            ),
+        }
         let result = match (result, live.router.dead_letter_for(route)) {
             (Err(e), Some(dl)) if !e.is_retryable() => {
                 let template = dl.destination.as_str();
@@ -393,7 +401,7 @@ fn record(
 fn finish(
     state: &State,
     live: &Live,
-    endpoint: &str,
+    endpoint: Option<&crate::state::Endpoint>,
     start: Instant,
     result: Result<(), Rejection>,
     outcome: Outcome,
@@ -407,27 +415,32 @@ fn finish(
         }
     };
     let elapsed = start.elapsed();
-    if !endpoint.is_empty() {
-        state
-            .metrics
-            .requests
-            .get_or_create(&EndpointStatus {
-                endpoint: endpoint.to_string(),
-                status: status.as_u16(),
-            })
-            .inc();
+    if let Some(endpoint) = endpoint {
+        if status == StatusCode::OK {
+            endpoint.answered_ok.inc();
+        } else {
+            state
+                .metrics
+                .requests
+                .get_or_create(&EndpointStatus {
+                    endpoint: endpoint.path.clone(),
+                    status: status.as_u16(),
+                })
+                .inc();
+        }
         if let Some(reason) = reason.filter(|_| status.is_client_error()) {
             state
                 .metrics
                 .rejected
                 .get_or_create(&EndpointReason {
-                    endpoint: endpoint.to_string(),
+                    endpoint: endpoint.path.clone(),
                     reason,
                 })
                 .inc();
         }
         state.metrics.ack_seconds.observe(elapsed.as_secs_f64());
     }
+    let endpoint = endpoint.map_or("", |e| e.path.as_str());
     let latency_ms = elapsed.as_secs_f64() * 1000.0;
     if status.is_server_error() || (status.is_client_error() && status != StatusCode::NOT_FOUND) {
         tracing::warn!(

@@ -386,9 +386,9 @@ pub async fn run(
                     println!("{id} {}: no route matches; dropped", meta.event_type);
                 }
             }
-            Some((_, route)) => match (&state, &live) {
+            Some((route_index, route)) => match (&state, &live) {
                 (Some(state), Some(live)) => {
-                    if let Err(e) = publish(state, live, route, &envelope).await {
+                    if let Err(e) = publish(state, live, route_index, route, &envelope).await {
                         report.remaining = i as u64 + 1;
                         report.error = Some(format!(
                             "event {id} ({}) was not published: {e}{}",
@@ -510,6 +510,7 @@ async fn fetch(
 async fn publish(
     state: &State,
     live: &crate::state::Live,
+    route_index: usize,
     route: &crate::route::Route,
     envelope: &Envelope,
 ) -> Result<(), crate::sink::SinkError> {
@@ -519,7 +520,8 @@ async fn publish(
     loop {
         let already = |key: &str| confirmed.contains(key);
         let (result, now_confirmed) =
-            crate::http::webhook::publish_all(state, live, route, envelope, Instant::now(), &already).await;
+            crate::http::webhook::publish_all(state, live, route_index, route, envelope, Instant::now(), &already)
+                .await;
         match result {
             Err(e) if e.is_retryable() && attempt < PUBLISH_ATTEMPTS => {
                 confirmed.extend(now_confirmed);
