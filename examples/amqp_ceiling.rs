@@ -16,10 +16,9 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use clap::Parser;
-use hookbridge::bench::ceiling::{CeilingReport, Sent};
+use hookbridge::bench::ceiling::{connect_patiently, CeilingReport, Sent};
 use hookbridge::bench::CeilingArgs;
 use hookbridge::sink::SinkKind;
 use lapin::options::{
@@ -49,31 +48,15 @@ struct Summary {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let (_, rabbit) =
-        hookbridge::bench::sink_from_config(&args.common.config, args.common.sink.as_deref(), |c| match c {
-            SinkKind::Rabbitmq(x) => Some(x.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|e| {
-            eprintln!("amqp_ceiling: {e}");
-            std::process::exit(2)
-        });
+    let (_, rabbit) = args.common.sink_or_exit("amqp_ceiling", |c| match c {
+        SinkKind::Rabbitmq(x) => Some(x.clone()),
+        _ => None,
+    });
 
-    // Other work on this machine may be restarting the broker: wait up to a minute for it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let conn = loop {
-        match Connection::connect(&rabbit.url, ConnectionProperties::default()).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("amqp_ceiling: cannot connect yet ({e}); retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => {
-                eprintln!("amqp_ceiling: cannot connect: {e}");
-                std::process::exit(1)
-            }
-        }
-    };
+    let conn = connect_patiently("amqp_ceiling", || {
+        Connection::connect(&rabbit.url, ConnectionProperties::default())
+    })
+    .await;
     // The sink's topology: a durable exchange, durable queues bound to it.
     let setup = conn.create_channel().await.unwrap();
     if !rabbit.exchange.is_empty() {

@@ -47,15 +47,10 @@ struct Summary {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let (settings, kafka) =
-        hookbridge::bench::sink_from_config(&args.common.config, args.common.sink.as_deref(), |c| match c {
-            SinkKind::Kafka(x) => Some(x.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|e| {
-            eprintln!("kafka_ceiling: {e}");
-            std::process::exit(2)
-        });
+    let (settings, kafka) = args.common.sink_or_exit("kafka_ceiling", |c| match c {
+        SinkKind::Kafka(x) => Some(x.clone()),
+        _ => None,
+    });
     let properties = kafka.properties(settings.ack_timeout);
     let mut cc = ClientConfig::new();
     for (k, v) in &properties {

@@ -15,11 +15,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use clap::Parser;
-use hookbridge::bench::ceiling::{CeilingReport, Sent};
+use hookbridge::bench::ceiling::{connect_patiently, CeilingReport, Sent};
 use hookbridge::bench::CeilingArgs;
 use hookbridge::sink::nats::MSG_ID_HEADER;
 use hookbridge::sink::SinkKind;
@@ -44,30 +43,11 @@ struct Summary {
 #[tokio::main]
 async fn main() {
     let args = Args::parse();
-    let (settings, nats) =
-        hookbridge::bench::sink_from_config(&args.common.config, args.common.sink.as_deref(), |c| match c {
-            SinkKind::Nats(x) => Some(x.clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|e| {
-            eprintln!("nats_ceiling: {e}");
-            std::process::exit(2)
-        });
-    // Other work on this machine may be restarting the server: wait up to a minute for it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let client = loop {
-        match async_nats::connect(&nats.servers).await {
-            Ok(c) => break c,
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("nats_ceiling: cannot connect yet ({e}); retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(e) => {
-                eprintln!("nats_ceiling: cannot connect: {e}");
-                std::process::exit(1)
-            }
-        }
-    };
+    let (settings, nats) = args.common.sink_or_exit("nats_ceiling", |c| match c {
+        SinkKind::Nats(x) => Some(x.clone()),
+        _ => None,
+    });
+    let client = connect_patiently("nats_ceiling", || async_nats::connect(&nats.servers)).await;
     let mut js = jetstream::new(client.clone());
     js.set_timeout(settings.ack_timeout);
     if let Some(s) = &nats.stream {

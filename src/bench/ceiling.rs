@@ -14,7 +14,7 @@ use super::body::{self, Bodies};
 use super::report::{self, Latency};
 use super::schedule::Schedule;
 
-/// The command-line options both ceiling programs (`examples/`) share.
+/// The command-line options the ceiling programs (`examples/`) share.
 #[derive(clap::Args, Debug)]
 pub struct CeilingArgs {
     /// The bridge config whose sink settings to use.
@@ -244,4 +244,42 @@ pub fn sink_from_config<T>(
         .find_map(|s| pick(&s.config))
         .ok_or_else(|| format!("no matching sink in {}", path.display()))?;
     Ok((settings, sink))
+}
+
+impl CeilingArgs {
+    /// The settings of `--config` and the sink in it that `pick` accepts (see
+    /// [`sink_from_config`]); a config without one ends `program` with exit status 2.
+    pub fn sink_or_exit<T>(
+        &self,
+        program: &str,
+        pick: impl Fn(&crate::sink::SinkKind) -> Option<T>,
+    ) -> (crate::config::Settings, T) {
+        sink_from_config(&self.config, self.sink.as_deref(), pick).unwrap_or_else(|e| {
+            eprintln!("{program}: {e}");
+            std::process::exit(2)
+        })
+    }
+}
+
+/// What `connect` returns once it succeeds, retried once a second for up to a minute (other work
+/// on this machine may be restarting the broker); after that, `program` ends with exit status 1.
+pub async fn connect_patiently<T, E, F>(program: &str, mut connect: impl FnMut() -> F) -> T
+where
+    E: std::fmt::Display,
+    F: Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match connect().await {
+            Ok(c) => return c,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("{program}: cannot connect yet ({e}); retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                eprintln!("{program}: cannot connect: {e}");
+                std::process::exit(1)
+            }
+        }
+    }
 }

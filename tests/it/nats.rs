@@ -101,6 +101,17 @@ async fn all_messages(js: &jetstream::Context, name: &str) -> Vec<jetstream::mes
     out
 }
 
+/// Posts one event to a ready bridge, expects 200, shuts the bridge down, checks that stream
+/// `name` holds exactly that message, and deletes the stream.
+async fn one_event_is_stored_once(bridge: hookbridge::app::Running, name: &str) {
+    let a = post_signed(bridge.webhook_addr, event(&common::unique("evt"), "invoice.paid")).await;
+    assert_eq!(a.status, 200, "{}", text(&a));
+    bridge.shutdown().await;
+    let js = js().await;
+    assert_eq!(messages(&js, name).await, 1);
+    delete(&js, name).await;
+}
+
 async fn delete(js: &jetstream::Context, name: &str) {
     let _ = js.delete_stream(name).await;
 }
@@ -285,12 +296,7 @@ async fn a_refused_login_is_503_with_the_reason_and_a_fixed_password_file_is_pic
     // The secret is rotated into the file: the sink is rebuilt with it and publishes.
     replace(&password, format!("{NATS_PASSWORD}\n").as_bytes());
     wait_ready(bridge.admin_addr, Duration::from_secs(20)).await;
-    let a = post_signed(bridge.webhook_addr, event(&common::unique("evt"), "invoice.paid")).await;
-    assert_eq!(a.status, 200, "{}", text(&a));
-    bridge.shutdown().await;
-    let js = js().await;
-    assert_eq!(messages(&js, &name).await, 1);
-    delete(&js, &name).await;
+    one_event_is_stored_once(bridge, &name).await;
 }
 
 #[tokio::test]
@@ -308,12 +314,7 @@ async fn nkey_seed_from_a_file_logs_in() {
     check_config_shows_no_secret(dir.path(), &config, &[NATS_NKEY_SEED]);
     let bridge = spawn(&config).await;
     wait_ready(bridge.admin_addr, Duration::from_secs(15)).await;
-    let a = post_signed(bridge.webhook_addr, event(&common::unique("evt"), "invoice.paid")).await;
-    assert_eq!(a.status, 200, "{}", text(&a));
-    bridge.shutdown().await;
-    let js = js().await;
-    assert_eq!(messages(&js, &name).await, 1);
-    delete(&js, &name).await;
+    one_event_is_stored_once(bridge, &name).await;
 }
 
 #[tokio::test]
