@@ -51,19 +51,7 @@ async fn main() {
     let mut js = jetstream::new(client.clone());
     js.set_timeout(settings.ack_timeout);
     if let Some(s) = &nats.stream {
-        js.get_or_create_stream(jetstream::stream::Config {
-            name: s.name.clone(),
-            subjects: s.subjects.clone(),
-            num_replicas: s.replicas,
-            duplicate_window: s.duplicate_window,
-            max_message_size: i32::try_from(s.max_msg_size).unwrap_or(i32::MAX),
-            max_age: s.max_age,
-            max_bytes: i64::try_from(s.max_bytes).unwrap_or(i64::MAX),
-            storage: jetstream::stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|e| {
+        js.get_or_create_stream(s.jetstream_config()).await.unwrap_or_else(|e| {
             eprintln!("nats_ceiling: stream {}: {e}", s.name);
             std::process::exit(1)
         });

@@ -328,6 +328,24 @@ async fn manage_stream(shared: Arc<Shared>, js: jetstream::Context, stream: Stre
     }
 }
 
+impl StreamConfig {
+    /// The stream as JetStream creates it: these subjects, replicas, duplicate window and limits,
+    /// stored in files.
+    pub fn jetstream_config(&self) -> jetstream::stream::Config {
+        jetstream::stream::Config {
+            name: self.name.clone(),
+            subjects: self.subjects.clone(),
+            num_replicas: self.replicas,
+            duplicate_window: self.duplicate_window,
+            max_message_size: i32::try_from(self.max_msg_size).unwrap_or(i32::MAX),
+            max_age: self.max_age,
+            max_bytes: i64::try_from(self.max_bytes).unwrap_or(i64::MAX),
+            storage: jetstream::stream::StorageType::File,
+            ..Default::default()
+        }
+    }
+}
+
 /// Creates the stream when it is missing (mode `create`), and checks that it stores every
 /// configured subject.
 async fn ensure_stream(js: &jetstream::Context, want: &StreamConfig) -> Result<(), String> {
@@ -356,20 +374,10 @@ async fn ensure_stream(js: &jetstream::Context, want: &StreamConfig) -> Result<(
                 if want.mode == StreamMode::Check {
                     return Err(format!("stream {} does not exist (stream.mode is check)", want.name));
                 }
-                js.create_stream(jetstream::stream::Config {
-                    name: want.name.clone(),
-                    subjects: want.subjects.clone(),
-                    num_replicas: want.replicas,
-                    duplicate_window: want.duplicate_window,
-                    max_message_size: i32::try_from(want.max_msg_size).unwrap_or(i32::MAX),
-                    max_age: want.max_age,
-                    max_bytes: i64::try_from(want.max_bytes).unwrap_or(i64::MAX),
-                    storage: jetstream::stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map(|_| tracing::info!(stream = %want.name, "created the JetStream stream"))
-                .map_err(|e| format!("cannot create stream {}: {e}", want.name))
+                js.create_stream(want.jetstream_config())
+                    .await
+                    .map(|_| tracing::info!(stream = %want.name, "created the JetStream stream"))
+                    .map_err(|e| format!("cannot create stream {}: {e}", want.name))
             }
             _ => Err(format!("cannot look up stream {}: {e}", want.name)),
         },
