@@ -192,6 +192,68 @@ async fn events_land_byte_for_byte_with_headers_and_msg_id() {
     delete(&js, &name).await;
 }
 
+/// With many publishes in flight the sink sends them in batches (`sink/nats/batch.rs`); each one
+/// is still answered only with its own acknowledgement, and stored once, byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_in_flight_together_are_batched_and_each_stored_byte_for_byte() {
+    use figment::providers::{Format, Yaml};
+    use hookbridge::sink::nats::{config::NatsSinkConfig, NatsSink};
+    use hookbridge::sink::{Envelope, Sink};
+
+    let (name, prefix) = names("batch");
+    let config: NatsSinkConfig = figment::Figment::from(Yaml::string(&format!(
+        "servers: [\"{SERVER}\"]\nmax_in_flight: 64\nstream:\n  name: {name}\n  subjects: [\"{prefix}.>\"]\n"
+    )))
+    .extract()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let sink = NatsSink::new("js", &config, Duration::from_secs(10)).await.unwrap();
+    let ready_by = Instant::now() + Duration::from_secs(15);
+    while let Err(e) = sink.health().await {
+        assert!(Instant::now() < ready_by, "the sink did not get ready: {e}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let envelopes: Vec<Envelope> = (0..300)
+        .map(|i| {
+            let body = event(
+                &common::unique("evt"),
+                if i % 2 == 0 { "invoice.paid" } else { "charge.refunded" },
+            );
+            Envelope::replayed(body).unwrap()
+        })
+        .collect();
+    let subject = |e: &Envelope| format!("{prefix}.{}", e.meta().event_type);
+    let subjects: Vec<String> = envelopes.iter().map(subject).collect();
+    let results = futures::future::join_all(envelopes.iter().zip(&subjects).map(|(e, s)| sink.publish(s, e))).await;
+    for r in &results {
+        assert!(r.is_ok(), "{r:?}");
+    }
+    // 300 publishes at once, at most 64 in flight: all but the first few wait in the queue.
+    let batched = sink.batched_publishes();
+    assert!(
+        batched >= 200,
+        "only {batched} of 300 publishes went through the batch queue"
+    );
+
+    let js = js().await;
+    let stored = all_messages(&js, &name).await;
+    assert_eq!(stored.len(), 300, "each publish is stored once");
+    let by_id: std::collections::HashMap<&str, &jetstream::message::StreamMessage> = stored
+        .iter()
+        .map(|m| (header(m, "Nats-Msg-Id").expect("Nats-Msg-Id"), m))
+        .collect();
+    for (e, s) in envelopes.iter().zip(&subjects) {
+        let m = by_id
+            .get(e.meta().id.as_str())
+            .unwrap_or_else(|| panic!("{} is not in the stream", e.meta().id));
+        assert_eq!(&m.payload, e.payload(), "the payload is the body, byte for byte");
+        assert_eq!(m.subject.as_str(), s.as_str());
+        assert_eq!(header(m, "stripe-event-id"), Some(e.meta().id.as_str()));
+        assert_eq!(header(m, "stripe-event-type"), Some(e.meta().event_type.as_str()));
+    }
+    delete(&js, &name).await;
+}
+
 #[tokio::test]
 async fn the_same_event_through_two_bridge_processes_is_stored_once() {
     let (name, prefix) = names("dedup");

@@ -11,12 +11,16 @@
 //! - Errors: no stream for the subject, a message over the stream's `max_msg_size` or the server's
 //!   `max_payload`, or a subject that is not valid are permanent (500); no server, a lost
 //!   connection, no ack within `ack_timeout`, too many acks pending are retryable (503).
+//! - While several publishes are in flight, new ones are sent in batches by one task (see
+//!   [`batch`]): fewer, larger socket writes, so the server stores and acknowledges them in fewer
+//!   rounds. Each request still waits for its own acknowledgement.
 //! - `stream` in the config creates or checks the stream after each (re)connection; a failure
 //!   there shows in `/readyz`.
 //!
 //! The config lives in [`config`], which a build without the `nats` feature keeps alone (see
 //! `sink/mod.rs`).
 
+mod batch;
 pub mod config;
 mod errors;
 mod sink;

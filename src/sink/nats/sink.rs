@@ -5,12 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_nats::connection::State;
-use async_nats::jetstream::{self, context::GetStreamErrorKind, ErrorCode};
+use async_nats::jetstream::{self, context::GetStreamErrorKind, publish::PublishAck, ErrorCode};
 use async_nats::{ClientError, ConnectOptions, Event, HeaderMap, ServerError};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::{Notify, Semaphore};
 
+use super::batch::{dispatch, Batcher};
 use super::config::{check_subject, read_credentials, subject_matches, NatsSinkConfig, StreamConfig, StreamMode};
 use super::errors::classify;
 use super::MSG_ID_HEADER;
@@ -21,6 +22,9 @@ use crate::sink::{Envelope, Sink, SinkError};
 const HEALTH_QUERY_TIMEOUT: Duration = Duration::from_millis(1500);
 /// How long creating or checking the stream may take.
 const STREAM_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// While fewer than this many other publishes are in flight, a publish goes straight to the
+/// client; otherwise through the batch queue (see `batch`). As the Kafka sink's immediate lane.
+const IMMEDIATE_BELOW: usize = 4;
 
 /// State shared by the sink, the client's event callback and the stream task.
 struct Shared {
@@ -91,6 +95,10 @@ pub struct NatsSink {
     permits: Arc<Semaphore>,
     headers: HeaderMode,
     stream_task: Option<tokio::task::JoinHandle<()>>,
+    max_in_flight: usize,
+    /// Where publishes go while many are in flight (see `batch`).
+    batcher: Arc<Batcher>,
+    dispatch_task: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for NatsSink {
@@ -98,6 +106,7 @@ impl Drop for NatsSink {
         if let Some(task) = &self.stream_task {
             task.abort();
         }
+        self.dispatch_task.abort();
     }
 }
 
@@ -186,6 +195,8 @@ impl NatsSink {
                 config.reconnect_max_delay,
             ))
         });
+        let batcher = Batcher::new();
+        let dispatch_task = tokio::spawn(dispatch(batcher.clone(), js.clone()));
         Ok(NatsSink {
             shared,
             client,
@@ -194,6 +205,9 @@ impl NatsSink {
             permits: Arc::new(Semaphore::new(config.max_in_flight)),
             headers: config.headers,
             stream_task,
+            max_in_flight: config.max_in_flight,
+            batcher,
+            dispatch_task,
         })
     }
 
@@ -250,6 +264,18 @@ impl NatsSink {
                 ))
             }
         };
+        // The permit held, this publish counts among those in flight.
+        if self.max_in_flight - self.permits.available_permits() > IMMEDIATE_BELOW {
+            let answer = self
+                .batcher
+                .push(subject.to_string(), headers, envelope.payload().clone());
+            return match tokio::time::timeout_at(deadline, answer).await {
+                Ok(Ok(Ok(ack))) => self.stored(subject, &ack),
+                Ok(Ok(Err(e))) => Err(classify(subject, &e)),
+                Ok(Err(_)) => Err(SinkError::retryable("the NATS sink is shutting down")),
+                Err(_) => Err(self.not_acknowledged(subject)),
+            };
+        }
         let publish = async {
             let ack = self
                 .js
@@ -259,22 +285,36 @@ impl NatsSink {
             ack.await.map_err(|e| classify(subject, &e))
         };
         match tokio::time::timeout_at(deadline, publish).await {
-            Ok(Ok(ack)) => {
-                if ack.duplicate {
-                    tracing::debug!(
-                        sink = %self.shared.name,
-                        subject,
-                        stream = %ack.stream,
-                        "JetStream already held this event id: stored once"
-                    );
-                }
-                Ok(())
-            }
+            Ok(Ok(ack)) => self.stored(subject, &ack),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(SinkError::retryable(format!(
-                "JetStream did not acknowledge the message to {subject} within ack_timeout"
-            ))),
+            Err(_) => Err(self.not_acknowledged(subject)),
         }
+    }
+
+    /// A publish the stream acknowledged: stored (or already held, which is as good).
+    fn stored(&self, subject: &str, ack: &PublishAck) -> Result<(), SinkError> {
+        if ack.duplicate {
+            tracing::debug!(
+                sink = %self.shared.name,
+                subject,
+                stream = %ack.stream,
+                "JetStream already held this event id: stored once"
+            );
+        }
+        Ok(())
+    }
+
+    fn not_acknowledged(&self, subject: &str) -> SinkError {
+        SinkError::retryable(format!(
+            "JetStream did not acknowledge the message to {subject} within ack_timeout"
+        ))
+    }
+
+    /// How many publishes went through the batch queue (many in flight) rather than straight to
+    /// the client; for tests and diagnostics.
+    #[doc(hidden)]
+    pub fn batched_publishes(&self) -> u64 {
+        self.batcher.queued()
     }
 
     async fn health_inner(&self) -> Result<(), SinkError> {
