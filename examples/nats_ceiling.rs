@@ -23,6 +23,10 @@ use hookbridge::bench::CeilingArgs;
 use hookbridge::sink::nats::MSG_ID_HEADER;
 use hookbridge::sink::SinkKind;
 
+/// The bridge's allocator, so that the ceiling is measured like for like.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 struct Args {
     #[command(flatten)]

@@ -9,6 +9,14 @@ use clap::{Parser, Subcommand};
 use hookbridge::config::{self, ConfigError, Settings};
 use hookbridge::verify;
 
+/// mimalloc rather than glibc's malloc. A request body is allocated on one runtime thread and
+/// freed on another, or by a broker client's thread, and glibc then takes the other thread's
+/// arena lock: at 64 requests in flight the bridge made 0.6 futex calls per event, and spent 8-11
+/// µs less CPU per event to Kafka, 3-7 to NATS and 3-4 to RabbitMQ with mimalloc (no change on
+/// the discard path), for about 1 MiB more idle RSS (bench/FINDINGS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "hookbridge",
