@@ -16,8 +16,9 @@ build_only=false
 [ "${1:-}" = "--build-only" ] && build_only=true
 
 # Build dependencies of librdkafka (built from source by rdkafka's cmake-build feature: OpenSSL
-# for TLS and SASL, zlib for gzip, libcurl for OAUTHBEARER OIDC; zstd is built from its bundled
-# source), and openssl for the test certificates of deploy/local/certs.sh.
+# for TLS and SASL, zlib for gzip, libcurl's headers for OAUTHBEARER OIDC; libcurl itself and zstd
+# are built from their bundled sources and linked in), and openssl for the test certificates of
+# deploy/local/certs.sh.
 packages=(build-essential cmake pkg-config libssl-dev zlib1g-dev libcurl4-openssl-dev openssl)
 missing=()
 for p in "${packages[@]}"; do

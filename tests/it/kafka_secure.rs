@@ -158,6 +158,89 @@ async fn sasl_ssl_oauthbearer() {
     round_trip(&config(&sasl_ssl_brokers(), &options, &[], &topic), &topic).await;
 }
 
+/// OAUTHBEARER with OIDC: librdkafka fetches the token from the token endpoint over HTTP (with
+/// its built-in libcurl) using the client id and the secret from `secret_options`, and the broker
+/// accepts it. The endpoint here is a local one that hands out an unsigned JWT for the test
+/// user, which the broker's test validator accepts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sasl_ssl_oauthbearer_with_a_token_from_an_oidc_endpoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    require_broker(Duration::from_secs(10));
+    let (certs, dir) = (certs(), tempfile::tempdir().unwrap());
+    let topic = unique_topic("oidc");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let jwt = format!(
+        "{}.{}.",
+        b64url(br#"{"alg":"none"}"#),
+        b64url(format!(r#"{{"sub":"{KAFKA_SCRAM_USER}","iat":{now},"exp":{}}}"#, now + 3600).as_bytes())
+    );
+    let reply = format!(r#"{{"access_token":"{jwt}","token_type":"bearer","expires_in":3600}}"#);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/oauth2/token", listener.local_addr().unwrap());
+    let requests = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = requests.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = vec![0u8; 16384];
+            let mut got = 0;
+            // The request head and its short form body arrive together or in a few reads.
+            while got < buf.len() {
+                match tokio::time::timeout(Duration::from_millis(300), socket.read(&mut buf[got..])).await {
+                    Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+                    Ok(Ok(n)) => got += n,
+                }
+                let text = String::from_utf8_lossy(&buf[..got]);
+                if text.contains("\r\n\r\n") && text.contains("grant_type=") {
+                    break;
+                }
+            }
+            seen.lock()
+                .unwrap()
+                .push(String::from_utf8_lossy(&buf[..got]).into_owned());
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                reply.len(),
+                reply
+            );
+            let _ = socket.write_all(answer.as_bytes()).await;
+            let _ = socket.shutdown().await;
+        }
+    });
+    let client_secret = secret_file(dir.path(), "client-secret", "hb-oidc-client-secret-7c21");
+    let options = vec![
+        ("security.protocol", "SASL_SSL".to_string()),
+        ("sasl.mechanism", "OAUTHBEARER".into()),
+        ("ssl.ca.location", ca(&certs)),
+        ("sasl.oauthbearer.method", "oidc".into()),
+        ("sasl.oauthbearer.client.id", "hookbridge-test".into()),
+        ("sasl.oauthbearer.token.endpoint.url", endpoint.clone()),
+    ];
+    round_trip(
+        &config(
+            &sasl_ssl_brokers(),
+            &options,
+            &[("sasl.oauthbearer.client.secret", &client_secret)],
+            &topic,
+        ),
+        &topic,
+    )
+    .await;
+    server.abort();
+    let requests = requests.lock().unwrap();
+    let first = requests
+        .first()
+        .unwrap_or_else(|| panic!("nothing asked {endpoint} for a token"));
+    assert!(first.starts_with("POST /oauth2/token"), "{first}");
+    assert!(first.contains("grant_type=client_credentials"), "{first}");
+    // The client id and secret go as HTTP basic authentication.
+    assert!(first.to_ascii_lowercase().contains("authorization: basic "), "{first}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ssl_with_a_client_certificate() {
     require_broker(Duration::from_secs(10));

@@ -14,8 +14,8 @@ use async_nats::jetstream::{self, stream::Stream};
 use bytes::Bytes;
 use common::{event, get, post_signed, spawn, yaml, SECRET};
 use secure_support::{
-    assert_unavailable, certs, check_config_shows_no_secret, replace, text, wait_ready, NATS_NKEY_SEED, NATS_PASSWORD,
-    NATS_TOKEN, NATS_USER,
+    assert_unavailable, b64url, certs, check_config_shows_no_secret, replace, text, wait_ready, NATS_NKEY_SEED,
+    NATS_PASSWORD, NATS_TOKEN, NATS_USER,
 };
 
 /// The plain listener of `deploy/local/nats.sh`, and its TLS listener.
@@ -535,22 +535,6 @@ async fn a_server_killed_under_load_and_restarted_loses_no_answered_event() {
         "kill test: {} answered and all stored, {refused} answered 503 while the server was down",
         answered.len()
     );
-}
-
-/// base64url without padding, as JWTs use.
-fn b64url(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(A[((n >> (18 - 6 * i)) & 63) as usize] as char);
-        }
-    }
-    out
 }
 
 /// A NATS JWT (v2) for `claims`, issued and signed by `issuer`.
