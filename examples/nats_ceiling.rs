@@ -16,7 +16,6 @@
 
 use std::sync::Arc;
 
-use async_nats::jetstream;
 use clap::Parser;
 use hookbridge::bench::ceiling::{connect_patiently, CeilingReport, Sent};
 use hookbridge::bench::CeilingArgs;
@@ -52,8 +51,7 @@ async fn main() {
         _ => None,
     });
     let client = connect_patiently("nats_ceiling", || async_nats::connect(&nats.servers)).await;
-    let mut js = jetstream::new(client.clone());
-    js.set_timeout(settings.ack_timeout);
+    let js = hookbridge::sink::nats::context(&client, settings.ack_timeout, nats.max_in_flight);
     if let Some(s) = &nats.stream {
         js.get_or_create_stream(s.jetstream_config()).await.unwrap_or_else(|e| {
             eprintln!("nats_ceiling: stream {}: {e}", s.name);

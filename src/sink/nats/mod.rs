@@ -25,7 +25,7 @@ pub mod config;
 mod errors;
 mod sink;
 
-pub use self::sink::NatsSink;
+pub use self::sink::{context, NatsSink};
 
 /// The header that JetStream deduplicates on.
 pub const MSG_ID_HEADER: &str = "Nats-Msg-Id";

@@ -160,6 +160,20 @@ fn connect_options(config: &NatsSinkConfig, shared: Arc<Shared>) -> Result<Conne
     Ok(options)
 }
 
+/// The sink's JetStream context. The client's own bound on publishes awaiting an acknowledgement
+/// is set well above `max_in_flight` (which bounds the sink), and when it is reached a publish
+/// fails at once (retryable) instead of waiting: the batch dispatcher sends many publishes in a
+/// row and must never wait for a permit that only the acknowledgements it has yet to collect give
+/// back. Abandoned acknowledgements are awaited no longer than `ack_timeout` either.
+pub fn context(client: &async_nats::Client, ack_timeout: Duration, max_in_flight: usize) -> jetstream::Context {
+    jetstream::ContextBuilder::new()
+        .timeout(ack_timeout)
+        .ack_timeout(ack_timeout)
+        .max_ack_inflight(max_in_flight.saturating_mul(2).max(5_000))
+        .backpressure_on_inflight(false)
+        .build(client.clone())
+}
+
 impl NatsSink {
     /// Starts the client and, when the config manages a stream, the task that creates or checks
     /// it after each connection. Does not wait for a server: one that is down is not an error
@@ -184,8 +198,7 @@ impl NatsSink {
             .connect(&config.servers)
             .await
             .map_err(|e| format!("cannot start the NATS client: {e}"))?;
-        let mut js = jetstream::new(client.clone());
-        js.set_timeout(ack_timeout);
+        let js = context(&client, ack_timeout, config.max_in_flight);
         tracing::debug!(sink = name, servers = %shared.servers, auth = %config.auth_label(), "starting the NATS sink");
         let stream_task = config.stream.clone().map(|stream| {
             tokio::spawn(manage_stream(
