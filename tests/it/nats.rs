@@ -537,6 +537,84 @@ async fn a_server_killed_under_load_and_restarted_loses_no_answered_event() {
     );
 }
 
+/// Sends `signal` to the private server in `dir`.
+fn signal_private(dir: &Path, signal: &str) {
+    let pid = std::fs::read_to_string(dir.join("plain.pid")).unwrap_or_else(|e| panic!("no pid file in {dir:?}: {e}"));
+    let ok = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.trim())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{signal} {pid}");
+}
+
+/// Posts `n` events at once; their ids and answers (status, seconds taken).
+async fn post_many(addr: std::net::SocketAddr, n: usize) -> Vec<(String, u16, f64)> {
+    let posts: Vec<_> = (0..n)
+        .map(|_| {
+            tokio::spawn(async move {
+                let id = common::unique("evt");
+                let started = Instant::now();
+                let a = post_signed(addr, event(&id, "invoice.paid")).await;
+                (id, a.status.as_u16(), started.elapsed().as_secs_f64())
+            })
+        })
+        .collect();
+    let mut out = Vec::new();
+    for p in posts {
+        out.push(p.await.expect("a poster panicked"));
+    }
+    out
+}
+
+/// A server that stops answering (SIGSTOP) with many publishes in flight: every request is
+/// answered 503 within `ack_timeout` (2 s) plus a margin, whether its publish waited in the batch
+/// queue or on the wire; once the server answers again (SIGCONT), new events are stored: the
+/// batch dispatcher did not stay stuck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_that_stops_answering_is_503_within_ack_timeout_and_events_flow_again_after() {
+    let port = common::free_port();
+    let server = PrivateServer(port, tempfile::tempdir().unwrap());
+    private_nats("start", port, server.1.path());
+    let url = format!("nats://127.0.0.1:{port}");
+    let (name, prefix) = names("stop");
+    let bridge = spawn(&yaml(&sink_yaml(&url, &stream_block(&name, &prefix, ""), &prefix))).await;
+    wait_ready(bridge.admin_addr, Duration::from_secs(15)).await;
+    for (id, status, _) in post_many(bridge.webhook_addr, 16).await {
+        assert_eq!(status, 200, "{id} before the stop");
+    }
+
+    signal_private(server.1.path(), "STOP");
+    let stalled = post_many(bridge.webhook_addr, 32).await;
+    signal_private(server.1.path(), "CONT");
+    for (id, status, took) in &stalled {
+        assert_eq!(*status, 503, "{id} while the server was stopped");
+        assert!(*took < 4.0, "{id} was answered after {took:.1} s (ack_timeout 2 s)");
+    }
+
+    // Answers again: 32 new events at once are stored (a retry loop for the first seconds,
+    // while the server works through what it was sent while stopped).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let stored_ids = loop {
+        let answers = post_many(bridge.webhook_addr, 32).await;
+        if answers.iter().all(|(_, status, _)| *status == 200) {
+            break answers.into_iter().map(|(id, _, _)| id).collect::<Vec<_>>();
+        }
+        assert!(Instant::now() < deadline, "not every event is 200 again: {answers:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    bridge.shutdown().await;
+    let js = js_at(&url).await;
+    let stored: HashSet<String> = all_messages(&js, &name)
+        .await
+        .iter()
+        .filter_map(|m| header(m, "Nats-Msg-Id").map(str::to_string))
+        .collect();
+    for id in &stored_ids {
+        assert!(stored.contains(id), "{id} was answered 200 but is not in the stream");
+    }
+}
+
 /// A NATS JWT (v2) for `claims`, issued and signed by `issuer`.
 fn jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
     let header = b64url(br#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
