@@ -463,15 +463,32 @@ impl Drop for PrivateServer {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_server_killed_under_load_and_restarted_loses_no_answered_event() {
+/// A private server on a port of its own, and a ready bridge publishing to a fresh stream on it;
+/// also the server's URL and the stream's name.
+async fn bridge_on_private_server(what: &str) -> (PrivateServer, String, String, hookbridge::app::Running) {
     let port = common::free_port();
-    let server = PrivateServer(port, tempfile::tempdir().unwrap());
+    let server = PrivateServer(port, tempfile::tempdir().expect("a temporary directory"));
     private_nats("start", port, server.1.path());
     let url = format!("nats://127.0.0.1:{port}");
-    let (name, prefix) = names("kill");
+    let (name, prefix) = names(what);
     let bridge = spawn(&yaml(&sink_yaml(&url, &stream_block(&name, &prefix, ""), &prefix))).await;
     wait_ready(bridge.admin_addr, Duration::from_secs(15)).await;
+    (server, url, name, bridge)
+}
+
+/// The `Nats-Msg-Id` of every message stream `name` holds on the server at `url`.
+async fn stored_msg_ids(url: &str, name: &str) -> HashSet<String> {
+    all_messages(&js_at(url).await, name)
+        .await
+        .iter()
+        .filter_map(|m| header(m, "Nats-Msg-Id").map(str::to_string))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_killed_under_load_and_restarted_loses_no_answered_event() {
+    let (server, url, name, bridge) = bridge_on_private_server("kill").await;
+    let port = server.0;
 
     // 16 posters for 6 s; the server is killed (SIGKILL) at 2 s and started again at 3.5 s.
     let stop_at = Instant::now() + Duration::from_secs(6);
@@ -517,12 +534,7 @@ async fn a_server_killed_under_load_and_restarted_loses_no_answered_event() {
     assert!(refused > 0, "no request failed while the server was down");
     assert!(answered.len() > 50, "too few answered events: {}", answered.len());
 
-    let js = js_at(&url).await;
-    let stored: HashSet<String> = all_messages(&js, &name)
-        .await
-        .iter()
-        .filter_map(|m| header(m, "Nats-Msg-Id").map(str::to_string))
-        .collect();
+    let stored = stored_msg_ids(&url, &name).await;
     let lost: Vec<_> = answered.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(
         lost.is_empty(),
@@ -573,13 +585,7 @@ async fn post_many(addr: std::net::SocketAddr, n: usize) -> Vec<(String, u16, f6
 /// batch dispatcher did not stay stuck.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_that_stops_answering_is_503_within_ack_timeout_and_events_flow_again_after() {
-    let port = common::free_port();
-    let server = PrivateServer(port, tempfile::tempdir().unwrap());
-    private_nats("start", port, server.1.path());
-    let url = format!("nats://127.0.0.1:{port}");
-    let (name, prefix) = names("stop");
-    let bridge = spawn(&yaml(&sink_yaml(&url, &stream_block(&name, &prefix, ""), &prefix))).await;
-    wait_ready(bridge.admin_addr, Duration::from_secs(15)).await;
+    let (server, url, name, bridge) = bridge_on_private_server("stop").await;
     for (id, status, _) in post_many(bridge.webhook_addr, 16).await {
         assert_eq!(status, 200, "{id} before the stop");
     }
@@ -604,12 +610,7 @@ async fn a_server_that_stops_answering_is_503_within_ack_timeout_and_events_flow
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     bridge.shutdown().await;
-    let js = js_at(&url).await;
-    let stored: HashSet<String> = all_messages(&js, &name)
-        .await
-        .iter()
-        .filter_map(|m| header(m, "Nats-Msg-Id").map(str::to_string))
-        .collect();
+    let stored = stored_msg_ids(&url, &name).await;
     for id in &stored_ids {
         assert!(stored.contains(id), "{id} was answered 200 but is not in the stream");
     }
