@@ -336,12 +336,17 @@ mod tests {
         })
     }
 
+    /// The claim of `id` at `at`; panics with `why` when it is not claimed.
+    fn claimed<'a>(d: &'a Dedup, id: &str, at: Instant, why: &str) -> ClaimGuard<'a> {
+        match d.claim(id, at) {
+            Claim::Claimed(claim) => claim,
+            _ => panic!("{id}: {why}"),
+        }
+    }
+
     /// Claims `id` and records it published, as a request whose publish succeeded does.
     fn publish(d: &Dedup, id: &str, at: Instant) {
-        let Claim::Claimed(claim) = d.claim(id, at) else {
-            panic!("{id} is claimed")
-        };
-        claim.published(at);
+        claimed(d, id, at, "is claimed").published(at);
     }
 
     fn seen(d: &Dedup, id: &str, at: Instant) -> bool {
@@ -410,15 +415,11 @@ mod tests {
     fn a_claim_holds_the_id_until_published_or_dropped() {
         let d = dedup(10);
         let t0 = Instant::now();
-        let Claim::Claimed(first) = d.claim("evt_1", t0) else {
-            panic!("a new id is claimed")
-        };
+        let first = claimed(&d, "evt_1", t0, "a new id is claimed");
         assert!(matches!(d.claim("evt_1", t0), Claim::InFlight));
         assert!(matches!(d.claim("evt_2", t0), Claim::Claimed(_)));
         drop(first); // the publish failed or the request was cancelled
-        let Claim::Claimed(again) = d.claim("evt_1", t0) else {
-            panic!("a released id is claimed again")
-        };
+        let again = claimed(&d, "evt_1", t0, "a released id is claimed again");
         again.published(t0);
         assert!(matches!(d.claim("evt_1", t0), Claim::Published));
         assert_eq!(d.lock().in_flight.len(), 0);
@@ -430,27 +431,19 @@ mod tests {
         let d = dedup(10);
         let t0 = Instant::now();
         let (a, b, c) = (target_key("k", "t1"), target_key("k", "t2"), target_key("r", "t1"));
-        let Claim::Claimed(first) = d.claim("evt_1", t0) else {
-            panic!("claimed")
-        };
+        let first = claimed(&d, "evt_1", t0, "claimed");
         assert!(!first.already_confirmed(&a));
         first.partly_published([a.clone()], t0);
         // The retry knows `a` has it; it is a claim (not a duplicate), and exclusive.
-        let Claim::Claimed(second) = d.claim("evt_1", t0) else {
-            panic!("a partly published event is claimed again")
-        };
+        let second = claimed(&d, "evt_1", t0, "a partly published event is claimed again");
         assert!(matches!(d.claim("evt_1", t0), Claim::InFlight));
         assert!(second.already_confirmed(&a) && !second.already_confirmed(&b) && !second.already_confirmed(&c));
         second.partly_published([b.clone()], t0);
-        let Claim::Claimed(third) = d.claim("evt_1", t0) else {
-            panic!("claimed")
-        };
+        let third = claimed(&d, "evt_1", t0, "claimed");
         assert!(third.already_confirmed(&a) && third.already_confirmed(&b) && !third.already_confirmed(&c));
         // A try that confirmed nothing new forgets nothing.
         third.partly_published([], t0);
-        let Claim::Claimed(fourth) = d.claim("evt_1", t0) else {
-            panic!("claimed")
-        };
+        let fourth = claimed(&d, "evt_1", t0, "claimed");
         assert!(fourth.already_confirmed(&a) && fourth.already_confirmed(&b));
         fourth.published(t0);
         assert!(matches!(d.claim("evt_1", t0), Claim::Published));
@@ -464,9 +457,7 @@ mod tests {
     fn a_fan_out_that_confirmed_nothing_is_not_remembered() {
         let d = dedup(10);
         let t0 = Instant::now();
-        let Claim::Claimed(c) = d.claim("evt_1", t0) else {
-            panic!("claimed")
-        };
+        let c = claimed(&d, "evt_1", t0, "claimed");
         c.partly_published([], t0);
         assert_eq!(len(&d), 0);
     }
@@ -475,9 +466,7 @@ mod tests {
     fn with_dedup_off_every_claim_succeeds() {
         let d = dedup(0);
         let t0 = Instant::now();
-        let Claim::Claimed(first) = d.claim("evt_1", t0) else {
-            panic!("claimed")
-        };
+        let first = claimed(&d, "evt_1", t0, "claimed");
         assert!(matches!(d.claim("evt_1", t0), Claim::Claimed(_)));
         first.published(t0);
         assert!(matches!(d.claim("evt_1", t0), Claim::Claimed(_)));
@@ -512,14 +501,10 @@ mod tests {
     fn remembering_twice_keeps_one_entry_and_its_place() {
         let d = dedup(3);
         let t0 = Instant::now();
-        let Claim::Claimed(first) = d.claim("evt_1", t0) else {
-            panic!("claimed")
-        };
+        let first = claimed(&d, "evt_1", t0, "claimed");
         first.partly_published([target_key("k", "t1")], t0);
         publish(&d, "evt_2", t0 + Duration::from_secs(1));
-        let Claim::Claimed(second) = d.claim("evt_1", t0 + Duration::from_secs(2)) else {
-            panic!("claimed again")
-        };
+        let second = claimed(&d, "evt_1", t0 + Duration::from_secs(2), "claimed again");
         second.published(t0 + Duration::from_secs(2));
         assert_eq!(len(&d), 2);
         assert_eq!(d.lock().index.len(), 2);
@@ -532,13 +517,9 @@ mod tests {
     fn a_retry_in_flight_stays_claimed_when_its_partial_entry_expires() {
         let d = dedup(10);
         let t0 = Instant::now();
-        let Claim::Claimed(first) = d.claim("evt_1", t0) else {
-            panic!("claimed")
-        };
+        let first = claimed(&d, "evt_1", t0, "claimed");
         first.partly_published([target_key("k", "t1")], t0);
-        let Claim::Claimed(retry) = d.claim("evt_1", t0) else {
-            panic!("claimed again")
-        };
+        let retry = claimed(&d, "evt_1", t0, "claimed again");
         // The window passes while the retry publishes: what was remembered goes, the claim stays.
         assert!(matches!(
             d.claim("evt_1", t0 + Duration::from_secs(60)),
@@ -560,9 +541,7 @@ mod tests {
                 0 => publish(&d, &id, t0),
                 1 => drop(d.claim(&id, t0)),
                 _ => {
-                    let Claim::Claimed(c) = d.claim(&id, t0) else {
-                        panic!("claimed")
-                    };
+                    let c = claimed(&d, &id, t0, "claimed");
                     c.partly_published([target_key("k", "t")], t0);
                 }
             }
