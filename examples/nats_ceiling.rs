@@ -16,6 +16,7 @@
 
 use std::sync::Arc;
 
+use async_nats::HeaderName;
 use clap::Parser;
 use hookbridge::bench::ceiling::{connect_patiently, CeilingReport, Sent};
 use hookbridge::bench::CeilingArgs;
@@ -72,10 +73,12 @@ async fn main() {
                 let (_, body) = bodies.make(i);
                 let template = &envelopes[(i % envelopes.len() as u64) as usize];
                 let id = bodies.event_id(i);
+                // Built as the sink builds them (static names, not parsed per message).
                 let mut headers = async_nats::HeaderMap::new();
-                headers.insert(MSG_ID_HEADER, id.as_str());
+                headers.insert(HeaderName::from_static(MSG_ID_HEADER), id.as_str());
                 for (name, value) in template.headers() {
-                    headers.insert(name, if name == "stripe-event-id" { id.as_str() } else { value });
+                    let value = if name == "stripe-event-id" { id.as_str() } else { value };
+                    headers.insert(HeaderName::from_static(name), value);
                 }
                 let subject = format!("{prefix}.{}", template.meta().event_type);
                 let ack = match js.publish_with_headers(subject, headers, body).await {

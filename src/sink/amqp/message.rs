@@ -102,7 +102,10 @@ fn returned_error(returned: &BasicReturnMessage, message_id: &str) -> SinkError 
         .as_ref()
         .is_some_and(|id| id.as_str() == message_id);
     if !ours {
-        tracing::error!("RabbitMQ returned a message with another message id than the one confirmed");
+        tracing::error!(
+            event_id = message_id,
+            "RabbitMQ returned a message with another message id than the one confirmed"
+        );
     }
     SinkError::permanent(format!(
         "RabbitMQ returned the message as unroutable ({} {}): no queue is bound for routing key `{}` on exchange `{}`",
