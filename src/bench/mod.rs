@@ -17,6 +17,7 @@ pub mod body;
 pub mod ceiling;
 pub mod report;
 pub mod schedule;
+pub mod wire;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,7 +32,8 @@ use self::body::Bodies;
 pub use self::ceiling::{sink_from_config, CeilingArgs};
 use self::report::Summary;
 use self::schedule::Schedule;
-use crate::client::{Connection, Target};
+use self::wire::WireConnection;
+use crate::client::Target;
 
 /// Connections used in `--rate` mode when `--concurrency` is not given.
 pub const DEFAULT_OPEN_CONNECTIONS: usize = 64;
@@ -272,16 +274,16 @@ impl Tally {
 
 impl Shared {
     /// Sends the next request on `conn` (opening it if needed); `Err` when nothing was answered.
-    async fn send(&self, conn: &mut Option<Connection>) -> Result<u16, ()> {
-        if !conn.as_ref().is_some_and(Connection::is_open) {
-            *conn = Some(Connection::open(&self.target).await.map_err(|_| ())?);
+    async fn send(&self, conn: &mut Option<WireConnection>) -> Result<u16, ()> {
+        if !conn.as_ref().is_some_and(WireConnection::is_open) {
+            *conn = Some(WireConnection::open(&self.target).await.map_err(|_| ())?);
         }
         let c = conn.as_mut().ok_or(())?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let (_, body) = self.bodies.make(seq);
         let signature = crate::verify::sign(&self.secret, crate::verify::unix_now(), &body);
-        match c.post_signed(&signature, body).await {
-            Ok((status, _)) => Ok(status.as_u16()),
+        match c.post_signed(&signature, &body).await {
+            Ok(status) => Ok(status),
             Err(_) => {
                 *conn = None;
                 Err(())
