@@ -138,6 +138,8 @@ impl WireConnection {
                 match response.parse(&self.buf) {
                     Ok(httparse::Status::Complete(head_len)) => {
                         let status = response.code.ok_or_else(|| invalid("no status code"))?;
+                        // 1xx, 204 and 304 answers have no body, whatever their headers say.
+                        let bodiless = status < 200 || status == 204 || status == 304;
                         let mut framing = Framing::Close;
                         for h in response.headers.iter() {
                             if h.name.eq_ignore_ascii_case("content-length") {
@@ -155,6 +157,9 @@ impl WireConnection {
                             {
                                 self.open = false;
                             }
+                        }
+                        if bodiless {
+                            framing = Framing::Length(0);
                         }
                         return Ok((status, framing, head_len));
                     }
@@ -269,6 +274,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{\"received\":true}",
             b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\nTrailer: z\r\n\r\n",
             b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
         ])
         .await;
         let mut conn = WireConnection::open(&target).await.unwrap_or_else(|e| panic!("{e}"));
@@ -276,9 +282,11 @@ mod tests {
         assert_eq!(conn.post_signed("t=1,v1=ab", &body).await.ok(), Some(200));
         assert_eq!(conn.post_signed("t=2,v1=cd", b"{}").await.ok(), Some(503));
         assert_eq!(conn.post_signed("t=3,v1=ef", b"{}").await.ok(), Some(400));
+        // No length and no body: not read to the end of the stream.
+        assert_eq!(conn.post_signed("t=4,v1=ab", b"{}").await.ok(), Some(204));
         assert!(conn.is_open());
         let requests = server.await.unwrap_or_default();
-        assert_eq!(requests.len(), 3);
+        assert_eq!(requests.len(), 4);
         let first = String::from_utf8_lossy(&requests[0]);
         assert!(first.starts_with("POST /webhooks/stripe HTTP/1.1\r\n"), "{first}");
         assert!(first.contains("\r\nstripe-signature: t=1,v1=ab\r\n"), "{first}");
