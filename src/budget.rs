@@ -241,6 +241,27 @@ mod tests {
         );
     }
 
+    /// Paused time: a request whose wake-up were lost would be served only by its 100 ms retry.
+    #[tokio::test(start_paused = true)]
+    async fn bytes_given_back_wake_a_waiting_request_at_once() {
+        let budget = Arc::new(BodyBudget::new(1000));
+        let mut holder = budget.lease();
+        holder.grow_to(1000).await.unwrap();
+        let start = tokio::time::Instant::now();
+        let other = budget.clone();
+        let waiter = tokio::spawn(async move {
+            let mut lease = other.lease();
+            let got = lease.grow_to(500).await;
+            (got, tokio::time::Instant::now())
+        });
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        drop(holder);
+        let (got, at) = waiter.await.unwrap();
+        assert_eq!(got, Ok(()));
+        assert_eq!(at - start, Duration::from_millis(30), "woken when the bytes came back");
+        assert_eq!(budget.held(), 0);
+    }
+
     #[tokio::test]
     async fn large_bodies_leave_the_last_quarter_to_small_ones() {
         let budget = BodyBudget::new(8 * SMALL_BODY);
