@@ -88,8 +88,14 @@ impl WireConnection {
         self.head.extend_from_slice(b"\r\ncontent-length: ");
         write!(self.head, "{}\r\n\r\n", body.len())?;
         self.write_all(body).await?;
-        let (status, framing, head_len) = self.read_head().await?;
-        self.buf.drain(..head_len);
+        let (status, framing) = loop {
+            let (status, framing, head_len) = self.read_head().await?;
+            self.buf.drain(..head_len);
+            // An interim answer (100 Continue, 103 Early Hints) is followed by the final one.
+            if !(100..200).contains(&status) || status == 101 {
+                break (status, framing);
+            }
+        };
         match framing {
             Framing::Length(n) => self.skip(n).await?,
             Framing::Chunked => self.skip_chunked().await?,
@@ -275,6 +281,7 @@ mod tests {
             b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n4;x=y\r\n{\"a\"\r\n3\r\n:1}\r\n0\r\nTrailer: z\r\n\r\n",
             b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n",
             b"HTTP/1.1 204 No Content\r\n\r\n",
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok",
         ])
         .await;
         let mut conn = WireConnection::open(&target).await.unwrap_or_else(|e| panic!("{e}"));
@@ -284,9 +291,11 @@ mod tests {
         assert_eq!(conn.post_signed("t=3,v1=ef", b"{}").await.ok(), Some(400));
         // No length and no body: not read to the end of the stream.
         assert_eq!(conn.post_signed("t=4,v1=ab", b"{}").await.ok(), Some(204));
+        // An interim answer is skipped: the status is the final one's.
+        assert_eq!(conn.post_signed("t=5,v1=ab", b"{}").await.ok(), Some(201));
         assert!(conn.is_open());
         let requests = server.await.unwrap_or_default();
-        assert_eq!(requests.len(), 4);
+        assert_eq!(requests.len(), 5);
         let first = String::from_utf8_lossy(&requests[0]);
         assert!(first.starts_with("POST /webhooks/stripe HTTP/1.1\r\n"), "{first}");
         assert!(first.contains("\r\nstripe-signature: t=1,v1=ab\r\n"), "{first}");
