@@ -611,6 +611,7 @@ pub async fn dead_letter(
                 .inc();
             tracing::warn!(
                 event_id = %envelope.meta().id,
+                event_type = %envelope.meta().event_type,
                 sink = failed_sink,
                 destination = failed_destination,
                 dead_letter_sink = sink.name(),
