@@ -41,6 +41,16 @@ impl Target {
         };
         Ok(Target { uri, authority })
     }
+
+    /// The `Host` header: the URL's authority as written.
+    pub fn host(&self) -> &str {
+        self.uri.authority().map_or("localhost", |a| a.as_str())
+    }
+
+    /// The request target: the URL's path and query.
+    pub fn path(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |p| p.as_str())
+    }
 }
 
 /// One keep-alive HTTP/1.1 connection.
@@ -71,8 +81,7 @@ impl Connection {
     /// POSTs `body` with a `Stripe-Signature` header; returns the status and the response body.
     pub async fn post_signed(&mut self, signature: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
         self.sender.ready().await?;
-        let host = self.target.uri.authority().map(|a| a.as_str()).unwrap_or("localhost");
-        let path = self.target.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let (host, path) = (self.target.host(), self.target.path());
         let req = Request::post(path)
             .header(http::header::HOST, host)
             .header(http::header::CONTENT_TYPE, "application/json; charset=utf-8")

@@ -424,9 +424,9 @@ pub async fn run(plan: Plan, bodies: Bodies, progress: bool) -> Summary {
 /// closed it.
 async fn stalled_upload(target: Target, declared: usize, end: Instant, opened: Arc<AtomicU64>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let path = target.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {}\r\nstripe-signature: t=1,v1=00\r\ncontent-length: {declared}\r\n\r\n",
+        "POST {} HTTP/1.1\r\nhost: {}\r\nstripe-signature: t=1,v1=00\r\ncontent-length: {declared}\r\n\r\n",
+        target.path(),
         target.authority
     );
     let chunk = vec![b'x'; 16 * 1024];

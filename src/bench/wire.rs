@@ -49,11 +49,11 @@ impl WireConnection {
     pub async fn open(target: &Target) -> io::Result<WireConnection> {
         let stream = TcpStream::connect(&target.authority).await?;
         stream.set_nodelay(true)?;
-        let host = target.uri.authority().map_or("localhost", |a| a.as_str());
-        let path = target.uri.path_and_query().map_or("/", |p| p.as_str());
         let prefix = format!(
-            "POST {path} HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json; charset=utf-8\r\n\
+            "POST {} HTTP/1.1\r\nhost: {}\r\ncontent-type: application/json; charset=utf-8\r\n\
              user-agent: hookbridge/{}\r\nstripe-signature: ",
+            target.path(),
+            target.host(),
             env!("CARGO_PKG_VERSION")
         )
         .into_bytes();
@@ -201,8 +201,8 @@ impl WireConnection {
     async fn skip_chunked(&mut self) -> io::Result<()> {
         loop {
             let line = self.line().await?;
-            let size_text = line.split(';').next().unwrap_or("").trim().to_string();
-            let size = usize::from_str_radix(&size_text, 16).map_err(|_| invalid("bad chunk size"))?;
+            let size_text = line.split(';').next().unwrap_or("").trim();
+            let size = usize::from_str_radix(size_text, 16).map_err(|_| invalid("bad chunk size"))?;
             if size == 0 {
                 // Trailers, up to the empty line.
                 while !self.line().await?.is_empty() {}
