@@ -34,6 +34,12 @@ else
 fi
 MAX_STORE="${HOOKBRIDGE_NATS_MAX_STORE:-1G}"
 TIMEOUT="${HOOKBRIDGE_NATS_TIMEOUT:-20}"   # seconds for start/wait/stop
+# Go threads that run the server's goroutines. With one per core (Go's default here, two), Go's
+# scheduler wakes an idle thread to spin for work each time a goroutine is readied, which on a
+# small machine shared with the bridge and the load generator takes CPU from them (as Erlang's
+# busy-waiting does; rabbitmq.sh turns that off). One is what Go itself picks for a server given
+# one CPU in a container (its GOMAXPROCS follows the cgroup's CPU limit).
+PROCS="${HOOKBRIDGE_NATS_GOMAXPROCS:-1}"
 # Test credentials (tests/secure_support has the same values).
 PASSWORD_USER=hookbridge
 PASSWORD_USER_SECRET=hb-nats-secret-3d7a
@@ -144,7 +150,7 @@ start_one() {
     return 1
   fi
   # setsid: the server outlives the shell (and the test) that started it.
-  setsid "$bin" -c "$BASE/$name.conf" </dev/null >>"$BASE/$name.out" 2>&1 &
+  GOMAXPROCS="$PROCS" setsid "$bin" -c "$BASE/$name.conf" </dev/null >>"$BASE/$name.out" 2>&1 &
   wait_ready "$name" "$port" "$!"
 }
 
