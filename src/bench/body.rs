@@ -36,7 +36,8 @@ pub struct Template {
 
 impl Template {
     /// Builds a template from a fixture body. With `size`, the body is compacted (whitespace
-    /// outside strings removed, key order kept) and padded to `size` bytes when it is smaller.
+    /// outside strings removed, key order kept), padded to `size` bytes when it is smaller, and
+    /// its `id` member, first in Stripe's events, moved last (see [`id_last`]).
     pub fn new(path: &str, fixture: &[u8], size: Option<usize>) -> Result<Template, BodyError> {
         let not_event = |why: &str| BodyError::NotEvent {
             path: path.to_string(),
@@ -64,14 +65,21 @@ impl Template {
         let at = find(&text, quoted.as_bytes()).ok_or_else(|| not_event("cannot locate the id in the text"))?;
         let placeholder = format!("\"{}\"", "0".repeat(ID_WIDTH));
         text.splice(at..at + quoted.len(), placeholder.bytes());
+        let mut id_at = at + 1;
         if let Some(size) = size {
             pad(&mut text, size);
+            id_at = id_last(&mut text, id_at);
         }
         Ok(Template {
             event_type,
             bytes: text,
-            id_at: at + 1,
+            id_at,
         })
+    }
+
+    /// Where the id's characters start: every byte before is the same in each body.
+    pub fn id_at(&self) -> usize {
+        self.id_at
     }
 
     /// The length of every body made from this template.
@@ -139,8 +147,13 @@ impl Bodies {
 
     /// The `seq`-th request's event type and body: templates in turn, the id unique per `seq`.
     pub fn make(&self, seq: u64) -> (&str, Bytes) {
-        let t = &self.templates[(seq % self.templates.len() as u64) as usize];
+        let t = &self.templates[self.template_of(seq)];
         (&t.event_type, t.body(&event_id(self.run, seq)))
+    }
+
+    /// The index (in [`Self::templates`]) of the template the `seq`-th body is made from.
+    pub fn template_of(&self, seq: u64) -> usize {
+        (seq % self.templates.len() as u64) as usize
     }
 
     /// The event id of the `seq`-th request's body.
@@ -231,6 +244,34 @@ pub fn pad(text: &mut Vec<u8>, size: usize) {
     text.splice(close..close, field);
 }
 
+/// Moves the member `"id":"…"` from first to last in a compacted object (`{"id":"…",…}`), and
+/// returns where the id's characters now start (`id_at` when the text has another shape).
+///
+/// JSON gives member order no meaning, and the bridge reads the id wherever it is. But a body's
+/// HMAC is computed from its first byte on, so with the id (the only part that differs between
+/// bodies of a template) last, the load generator hashes everything before it once per template
+/// and second ([`crate::verify::SigningPrefix`]) and only the last block or two per request: it
+/// spends about 2 µs less per request on the cores it shares with what it measures.
+fn id_last(text: &mut Vec<u8>, id_at: usize) -> usize {
+    const OPEN: &[u8] = b"{\"id\":\"";
+    let id_end = id_at + ID_WIDTH; // the id's closing quote
+    if id_at != OPEN.len() || !text.starts_with(OPEN) || text.get(id_end..id_end + 2) != Some(b"\",".as_slice()) {
+        return id_at;
+    }
+    let Some((&b'}', rest)) = text[id_end + 2..].split_last() else {
+        return id_at;
+    };
+    let mut moved = Vec::with_capacity(text.len());
+    moved.push(b'{');
+    moved.extend_from_slice(rest);
+    moved.push(b',');
+    moved.extend_from_slice(&text[1..=id_end]);
+    moved.push(b'}');
+    debug_assert_eq!(moved.len(), text.len());
+    *text = moved;
+    text.len() - 2 - ID_WIDTH
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -290,6 +331,25 @@ mod tests {
         let t = Template::new("pi", &fixture, Some(100)).expect("template");
         assert!(t.len() > 100 && t.len() < fixture.len());
         parse(&t.body(&event_id(*b"abcdefgh", 1)));
+    }
+
+    #[test]
+    fn with_a_size_the_id_is_last_and_every_byte_before_it_is_the_templates() {
+        let bodies = Bodies::load(Path::new(FIXTURES), Some(4096), run_tag(9)).expect("fixtures load");
+        for seq in 0..bodies.templates().len() as u64 * 2 {
+            let t = &bodies.templates()[bodies.template_of(seq)];
+            let (_, body) = bodies.make(seq);
+            let id = event_id(run_tag(9), seq);
+            assert_eq!(&body[t.id_at()..t.id_at() + ID_WIDTH], &id[..]);
+            assert!(body.ends_with(format!(",\"id\":\"{}\"}}", String::from_utf8_lossy(&id)).as_bytes()));
+            assert_eq!(&body[..t.id_at()], &t.body(&event_id(*b"zzzzzzzz", 0))[..t.id_at()]);
+        }
+        // Without a size the fixture keeps its order: the id first, as Stripe sends it.
+        let t = Template::new("pi", br#"{"id":"evt_1","type":"a.b"}"#, None).expect("template");
+        assert_eq!(t.id_at(), 7);
+        // A text of another shape keeps its id where it is.
+        let t = Template::new("pi", br#"{"type":"a.b","id":"evt_1"}"#, Some(10)).expect("template");
+        assert_eq!(&t.body(&event_id(*b"abcdefgh", 1))[..20], br#"{"type":"a.b","id":""#);
     }
 
     #[test]

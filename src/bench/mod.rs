@@ -34,6 +34,7 @@ use self::report::Summary;
 use self::schedule::Schedule;
 use self::wire::WireConnection;
 use crate::client::Target;
+use crate::verify::SigningPrefix;
 
 /// Connections used in `--rate` mode when `--concurrency` is not given.
 pub const DEFAULT_OPEN_CONNECTIONS: usize = 64;
@@ -274,14 +275,29 @@ impl Tally {
 
 impl Shared {
     /// Sends the next request on `conn` (opening it if needed); `Err` when nothing was answered.
-    async fn send(&self, conn: &mut Option<WireConnection>) -> Result<u16, ()> {
+    /// `signing` is the worker's [`SigningPrefix`] per template, renewed each second.
+    async fn send(
+        &self,
+        conn: &mut Option<WireConnection>,
+        signing: &mut Vec<Option<SigningPrefix>>,
+    ) -> Result<u16, ()> {
         if !conn.as_ref().is_some_and(WireConnection::is_open) {
             *conn = Some(WireConnection::open(&self.target).await.map_err(|_| ())?);
         }
         let c = conn.as_mut().ok_or(())?;
         let seq = self.seq.fetch_add(1, Ordering::Relaxed);
         let (_, body) = self.bodies.make(seq);
-        let signature = crate::verify::sign(&self.secret, crate::verify::unix_now(), &body);
+        // Signed now, with the time now: the bytes before the event id were hashed at most a
+        // second ago, for this template and this timestamp.
+        let index = self.bodies.template_of(seq);
+        let id_at = self.bodies.templates()[index].id_at();
+        let now = crate::verify::unix_now();
+        signing.resize(self.bodies.templates().len(), None);
+        let prefix = match &mut signing[index] {
+            Some(p) if p.timestamp() == now => p,
+            slot => slot.insert(SigningPrefix::new(&self.secret, now, &body[..id_at])),
+        };
+        let signature = prefix.sign(&body[id_at..]);
         match c.post_signed(&signature, &body).await {
             Ok(status) => Ok(status),
             Err(_) => {
@@ -461,12 +477,13 @@ async fn stalled_upload(target: Target, declared: usize, end: Instant, opened: A
 async fn closed_worker(shared: Arc<Shared>) -> Tally {
     let mut tally = Tally::new();
     let mut conn = None;
+    let mut signing = Vec::new();
     loop {
         let sent = Instant::now();
         if sent >= shared.end {
             break;
         }
-        let result = shared.send(&mut conn).await;
+        let result = shared.send(&mut conn, &mut signing).await;
         shared.record(&mut tally, sent, result);
         if result.is_err() {
             tokio::time::sleep(ERROR_PAUSE).await;
@@ -478,6 +495,7 @@ async fn closed_worker(shared: Arc<Shared>) -> Tally {
 async fn open_worker(shared: Arc<Shared>, tickets: Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>) -> Tally {
     let mut tally = Tally::new();
     let mut conn = None;
+    let mut signing = Vec::new();
     loop {
         let due = { tickets.lock().await.recv().await };
         let Some(due) = due else { break };
@@ -485,7 +503,7 @@ async fn open_worker(shared: Arc<Shared>, tickets: Arc<Mutex<mpsc::UnboundedRece
             tally.unsent += 1;
             continue;
         }
-        let result = shared.send(&mut conn).await;
+        let result = shared.send(&mut conn, &mut signing).await;
         shared.record(&mut tally, due, result);
     }
     tally

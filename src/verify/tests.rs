@@ -21,6 +21,26 @@ fn known_vector_matches_an_independent_hmac() {
 }
 
 #[test]
+fn a_signing_prefix_gives_the_whole_bodys_signature_at_every_split() {
+    let body: Vec<u8> = (0..300u32).map(|i| b"{}\",:abcxyz"[(i % 11) as usize]).collect();
+    for split in [0, 1, 55, 63, 64, 65, 119, 128, 200, 299, 300] {
+        let prefix = SigningPrefix::new(SECRET.as_bytes(), NOW, &body[..split]);
+        assert_eq!(prefix.timestamp(), NOW);
+        assert_eq!(
+            prefix.sign(&body[split..]),
+            sign(SECRET.as_bytes(), NOW, &body),
+            "split at {split}"
+        );
+        // Reused for another body with the same prefix.
+        let mut other = body.clone();
+        other.push(b'!');
+        assert_eq!(prefix.sign(&other[split..]), sign(SECRET.as_bytes(), NOW, &other));
+    }
+    let prefix = SigningPrefix::new(SECRET.as_bytes(), NOW + 1, &BODY[..7]);
+    assert_ne!(prefix.sign(&BODY[7..]), sign(SECRET.as_bytes(), NOW, BODY));
+}
+
+#[test]
 fn accepts_its_own_signature() {
     let header = sign(SECRET.as_bytes(), NOW, BODY);
     assert_eq!(check(&header).unwrap().timestamp(), NOW);
