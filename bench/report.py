@@ -126,7 +126,8 @@ def write_markdown(r, out_md, svg_name):
     L.append(
         f"Every bridge run: {run.get('size', 4096)}-byte events (the fixtures compacted and padded inside the JSON; "
         f"`invoice.paid` stays at 4,773 bytes), `{run.get('warmup')}` warm-up then `{run.get('duration')}` measured, "
-        "each request signed when sent with a unique event id. Closed loop at each concurrency (that many "
+        "each request signed when sent with a unique event id (the id member last, so that the generator hashes "
+        "the bytes before it once per second). Closed loop at each concurrency (that many "
         f"keep-alive connections), then open loop at {r.rate}/s over up to 64 connections, latency measured from "
         "each request's intended send time (coordinated omission corrected). Latency is the time to the answer, "
         "which the bridge sends only after the broker confirmed."
