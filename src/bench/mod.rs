@@ -69,7 +69,8 @@ pub struct BenchArgs {
     /// Load sent before measuring starts (not counted), e.g. 1s.
     #[arg(long, default_value = "0s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Pad (compacted) bodies to about this many bytes, inside the JSON: 4096, 4k, 16KiB.
+    /// Pad (compacted) bodies to about this many bytes, inside the JSON, with the id member moved
+    /// last: 4096, 4k, 16KiB.
     #[arg(long, value_parser = parse_size, value_name = "BYTES")]
     pub size: Option<usize>,
     /// Print the summary as JSON on stdout.
