@@ -276,12 +276,8 @@ impl Tally {
 
 impl Shared {
     /// Sends the next request on `conn` (opening it if needed); `Err` when nothing was answered.
-    /// `signing` is the worker's [`SigningPrefix`] per template, renewed each second.
-    async fn send(
-        &self,
-        conn: &mut Option<WireConnection>,
-        signing: &mut Vec<Option<SigningPrefix>>,
-    ) -> Result<u16, ()> {
+    /// `signing` is the worker's [`SigningPrefix`] per template (one slot each), renewed each second.
+    async fn send(&self, conn: &mut Option<WireConnection>, signing: &mut [Option<SigningPrefix>]) -> Result<u16, ()> {
         if !conn.as_ref().is_some_and(WireConnection::is_open) {
             *conn = Some(WireConnection::open(&self.target).await.map_err(|_| ())?);
         }
@@ -293,7 +289,6 @@ impl Shared {
         let index = self.bodies.template_of(seq);
         let id_at = self.bodies.templates()[index].id_at();
         let now = crate::verify::unix_now();
-        signing.resize(self.bodies.templates().len(), None);
         let prefix = match &mut signing[index] {
             Some(p) if p.timestamp() == now => p,
             slot => slot.insert(SigningPrefix::new(&self.secret, now, &body[..id_at])),
@@ -478,7 +473,7 @@ async fn stalled_upload(target: Target, declared: usize, end: Instant, opened: A
 async fn closed_worker(shared: Arc<Shared>) -> Tally {
     let mut tally = Tally::new();
     let mut conn = None;
-    let mut signing = Vec::new();
+    let mut signing = vec![None; shared.bodies.templates().len()];
     loop {
         let sent = Instant::now();
         if sent >= shared.end {
@@ -496,7 +491,7 @@ async fn closed_worker(shared: Arc<Shared>) -> Tally {
 async fn open_worker(shared: Arc<Shared>, tickets: Arc<Mutex<mpsc::UnboundedReceiver<Instant>>>) -> Tally {
     let mut tally = Tally::new();
     let mut conn = None;
-    let mut signing = Vec::new();
+    let mut signing = vec![None; shared.bodies.templates().len()];
     loop {
         let due = { tickets.lock().await.recv().await };
         let Some(due) = due else { break };

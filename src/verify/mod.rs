@@ -258,26 +258,36 @@ impl Verifier {
     }
 }
 
-fn signature_with(mut mac: HmacSha256, timestamp: i64, body: &[u8]) -> [u8; 32] {
-    let digits = itoa_buf(timestamp);
-    mac.update(digits.as_bytes());
+/// `mac` (keyed with a secret) after the start of the signed payload: the timestamp and a dot.
+fn with_timestamp(mut mac: HmacSha256, timestamp: i64) -> HmacSha256 {
+    mac.update(itoa_buf(timestamp).as_bytes());
     mac.update(b".");
+    mac
+}
+
+fn signature_with(mac: HmacSha256, timestamp: i64, body: &[u8]) -> [u8; 32] {
+    let mut mac = with_timestamp(mac, timestamp);
     mac.update(body);
     mac.finalize().into_bytes().into()
 }
 
+fn keyed(secret: &[u8]) -> HmacSha256 {
+    HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length")
+}
+
+/// The `Stripe-Signature` value for a v1 signature made at `timestamp`.
+fn header_value(timestamp: i64, signature: &[u8]) -> String {
+    format!("t={timestamp},v1={}", hex::encode(signature))
+}
+
 /// The raw v1 signature of `body` at `timestamp` with `secret`.
 pub fn compute_signature(secret: &[u8], timestamp: i64, body: &[u8]) -> [u8; 32] {
-    let mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-    signature_with(mac, timestamp, body)
+    signature_with(keyed(secret), timestamp, body)
 }
 
 /// A `Stripe-Signature` header value for `body`, exactly as Stripe computes it: `t=…,v1=…`.
 pub fn sign(secret: &[u8], timestamp: i64, body: &[u8]) -> String {
-    format!(
-        "t={timestamp},v1={}",
-        hex::encode(compute_signature(secret, timestamp, body))
-    )
+    header_value(timestamp, &compute_signature(secret, timestamp, body))
 }
 
 /// The signing of bodies that share their first bytes (the load generator's, made from a few
@@ -291,9 +301,7 @@ pub struct SigningPrefix {
 
 impl SigningPrefix {
     pub fn new(secret: &[u8], timestamp: i64, prefix: &[u8]) -> SigningPrefix {
-        let mut mac = HmacSha256::new_from_slice(secret).expect("HMAC accepts keys of any length");
-        mac.update(itoa_buf(timestamp).as_bytes());
-        mac.update(b".");
+        let mut mac = with_timestamp(keyed(secret), timestamp);
         mac.update(prefix);
         SigningPrefix { timestamp, mac }
     }
@@ -306,7 +314,7 @@ impl SigningPrefix {
     pub fn sign(&self, rest: &[u8]) -> String {
         let mut mac = self.mac.clone();
         mac.update(rest);
-        format!("t={},v1={}", self.timestamp, hex::encode(mac.finalize().into_bytes()))
+        header_value(self.timestamp, &mac.finalize().into_bytes())
     }
 }
 
