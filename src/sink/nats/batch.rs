@@ -8,31 +8,29 @@
 //! `bench/FINDINGS.md`). So when several publishes are already in flight, the sink queues a new
 //! one here instead. The dispatcher task, woken by the first publish into an empty queue, yields
 //! once (every task already runnable adds its publish meanwhile), hands the whole queue to the
-//! client in one go, and resolves each request with its acknowledgement as the server sends them.
+//! client in one go, and gives each request the future of its acknowledgement to await.
 //! Nothing waits on a timer: when few publishes are in flight they skip the queue.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_nats::jetstream::context::PublishError;
+use async_nats::jetstream::context::{PublishAckFuture, PublishError};
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::publish::PublishAck;
 use async_nats::jetstream::Context;
 use async_nats::HeaderMap;
 use bytes::Bytes;
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
 use tokio::sync::{oneshot, Notify};
 
-/// The answer to one queued publish: the stream's acknowledgement, or why there is none.
-pub(super) type Answer = oneshot::Receiver<Result<PublishAck, PublishError>>;
+/// The answer to one queued publish: the future of its acknowledgement once it was handed to the
+/// client, or why it could not be.
+pub(super) type Answer = oneshot::Receiver<Result<PublishAckFuture, PublishError>>;
 
 /// A publish waiting in the queue.
 struct Queued {
     subject: String,
     headers: HeaderMap,
     payload: Bytes,
-    answer: oneshot::Sender<Result<PublishAck, PublishError>>,
+    answer: oneshot::Sender<Result<PublishAckFuture, PublishError>>,
 }
 
 /// The queue, filled by the sink and emptied by [`dispatch`].
@@ -82,42 +80,22 @@ impl Batcher {
     }
 }
 
-/// The dispatcher task: sends each batch and passes every acknowledgement (or error) back to its
-/// publish. Runs until the sink drops it. A publish whose request gave up meanwhile (its
-/// `ack_timeout` passed) is still sent: the stream's duplicate window stores the retry once.
+/// The dispatcher task: hands each batch to the client and gives every publish the future of its
+/// acknowledgement, which the request awaits itself (the acknowledgement wakes it directly). Runs
+/// until the sink drops it. A publish whose request gave up meanwhile (its `ack_timeout` passed)
+/// is still sent: the stream's duplicate window stores the retry once.
 pub(super) async fn dispatch(batcher: Arc<Batcher>, js: Context) {
-    let mut acks = FuturesUnordered::new();
     let mut batch = Vec::new();
     loop {
-        tokio::select! {
-            biased;
-            Some((answer, result)) = acks.next(), if !acks.is_empty() => {
-                resolve(answer, result);
-                // Every acknowledgement already read, before the next batch is sent.
-                while let Some(Some((answer, result))) = acks.next().now_or_never() {
-                    resolve(answer, result);
-                }
-                continue;
-            }
-            () = batcher.wake.notified() => {}
-        }
+        batcher.wake.notified().await;
         // Let every task that is ready to publish queue its message first.
         tokio::task::yield_now().await;
         batcher.take(&mut batch);
         for q in batch.drain(..) {
             let message = PublishMessage::build().payload(q.payload).headers(q.headers);
-            match js.send_publish(q.subject, message).await {
-                Ok(ack) => {
-                    let answer = q.answer;
-                    acks.push(std::future::IntoFuture::into_future(ack).map(move |r| (answer, r)));
-                }
-                Err(e) => resolve(q.answer, Err(e)),
-            }
+            // The request may have given up (its deadline passed): nobody to tell, and the
+            // dropped future leaves the acknowledgement to the client.
+            let _ = q.answer.send(js.send_publish(q.subject, message).await);
         }
     }
-}
-
-fn resolve(answer: oneshot::Sender<Result<PublishAck, PublishError>>, result: Result<PublishAck, PublishError>) {
-    // The request may have given up (its deadline passed): nobody to tell.
-    let _ = answer.send(result);
 }

@@ -284,10 +284,16 @@ impl NatsSink {
             let answer = self
                 .batcher
                 .push(subject.to_string(), headers, envelope.payload().clone());
-            return match tokio::time::timeout_at(deadline, answer).await {
-                Ok(Ok(Ok(ack))) => self.stored(subject, &ack),
-                Ok(Ok(Err(e))) => Err(classify(subject, &e)),
-                Ok(Err(_)) => Err(SinkError::retryable("the NATS sink is shutting down")),
+            let acknowledged = async {
+                match answer.await {
+                    Ok(Ok(ack)) => ack.await.map_err(|e| classify(subject, &e)),
+                    Ok(Err(e)) => Err(classify(subject, &e)),
+                    Err(_) => Err(SinkError::retryable("the NATS sink is shutting down")),
+                }
+            };
+            return match tokio::time::timeout_at(deadline, acknowledged).await {
+                Ok(Ok(ack)) => self.stored(subject, &ack),
+                Ok(Err(e)) => Err(e),
                 Err(_) => Err(self.not_acknowledged(subject)),
             };
         }
