@@ -2,6 +2,7 @@
 //! one place that turns outcomes into responses.
 
 pub mod admin;
+mod body_buf;
 pub mod client_ip;
 pub mod response;
 pub mod webhook;

@@ -13,6 +13,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
+use super::body_buf::BodyBuf;
 use super::client_ip::{allowed, client_ip};
 use super::response::{received, Rejection};
 use crate::budget::Lease;
@@ -218,9 +219,9 @@ async fn read_body(
     lease: &mut Lease<'_>,
 ) -> Result<Bytes, Rejection> {
     // The first allocation: the declared length (one allocation, never copied), else 16 KiB
-    // and doubling.
+    // and doubling. A large body gets a memory mapping of its own (see `body_buf`).
     let first = declared.map_or(16 * 1024, |d| (d as usize).clamp(1, limit));
-    let mut buf: Vec<u8> = Vec::new();
+    let mut buf = BodyBuf::new();
     while let Some(frame) = body.frame().await {
         let Ok(frame) = frame else {
             return Err(Rejection::BadBody("the request body could not be read".into()));
@@ -244,11 +245,17 @@ async fn read_body(
                     "no memory for the request body now; retry later".into(),
                 ));
             }
-            buf.reserve_exact(grown - buf.len());
+            buf.grow_to(grown).map_err(no_memory)?;
         }
-        buf.extend_from_slice(&data);
+        buf.extend_from_slice(&data).map_err(no_memory)?;
     }
-    Ok(Bytes::from(buf))
+    Ok(buf.into_bytes())
+}
+
+/// The system had no memory to map for a large body: the client may retry.
+fn no_memory(e: std::io::Error) -> Rejection {
+    tracing::warn!(error = %e, "cannot map memory for a request body");
+    Rejection::Unavailable("no memory for the request body now; retry later".into())
 }
 
 /// Publishes to every target of `route` (the route at `route_index` of `live.router`)
