@@ -163,8 +163,8 @@ fn connect_options(config: &NatsSinkConfig, shared: Arc<Shared>) -> Result<Conne
 /// The sink's JetStream context. The client's own bound on publishes awaiting an acknowledgement
 /// is set well above `max_in_flight` (which bounds the sink), and when it is reached a publish
 /// fails at once (retryable) instead of waiting: the batch dispatcher sends many publishes in a
-/// row and must never wait for a permit that only the acknowledgements it has yet to collect give
-/// back. Abandoned acknowledgements are awaited no longer than `ack_timeout` either.
+/// row, and one waiting for a permit would hold up every publish queued behind it. Abandoned
+/// acknowledgements are awaited no longer than `ack_timeout` either.
 pub fn context(client: &async_nats::Client, ack_timeout: Duration, max_in_flight: usize) -> jetstream::Context {
     jetstream::ContextBuilder::new()
         .timeout(ack_timeout)
