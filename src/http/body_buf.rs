@@ -27,12 +27,6 @@ enum Inner {
     Mapped { map: MmapMut, len: usize },
 }
 
-impl Default for BodyBuf {
-    fn default() -> Self {
-        BodyBuf::new()
-    }
-}
-
 impl BodyBuf {
     pub fn new() -> BodyBuf {
         BodyBuf {
